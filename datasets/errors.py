@@ -1,0 +1,46 @@
+"""Exceptions raised by the readers, so a caller can tell a bad file from a bug.
+
+Every error names the file and the problem. Library exceptions (h5py, netCDF4,
+rasterio, PIL) are wrapped, never leaked as raw tracebacks to a user.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MeteovisionError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ReaderError(MeteovisionError):
+    """A file could not be turned into a dataset. Carries the path and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnknownFormatError(ReaderError):
+    """No reader recognises the file's content."""
+
+
+class CorruptFileError(ReaderError):
+    """The file is empty, truncated or unreadable by its format's library."""
+
+
+class MissingVariableError(ReaderError):
+    """The file lacks a variable or attribute the reader needs."""
+
+
+class EmptyFrameError(ReaderError):
+    """Every pixel of the frame is nodata: nothing was measured."""
+
+
+class SeriesError(MeteovisionError):
+    """Frames of a series do not fit together (grid, CRS or variables differ)."""
+
+
+class GridMismatchError(SeriesError):
+    """Two frames of a series sit on different grids or CRSs."""
