@@ -1,0 +1,573 @@
+"""The product writers: CF-1.10 NetCDF (checked by the IOOS compliance checker), GeoTIFF, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import netCDF4
+import numpy as np
+import pyproj
+import pytest
+import rasterio
+import xarray as xr
+from meteovision.datasets.conventions import crs_variable, projection_coords
+from meteovision.pipeline import netcdf_writer
+from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf
+from meteovision.pipeline.geotiff_writer import write_product_geotiff
+from meteovision.pipeline.netcdf_writer import FLOAT_FILL, INT_FILL, write_product_netcdf
+from meteovision.pipeline.products import (
+    Product,
+    ProductError,
+    ProductGrid,
+    ProductVariable,
+    Provenance,
+    WriterError,
+    product_filename,
+)
+
+LAEA = pyproj.CRS.from_proj4(
+    "+proj=laea +lat_0=55 +lon_0=10 +x_0=1950000 +y_0=-2100000 +ellps=WGS84 +units=m")
+GEOS = pyproj.CRS.from_proj4("+proj=geos +h=35785831 +lon_0=9.5 +sweep=y +a=6378169 +b=6356583.8 +units=m")
+TM35FIN = pyproj.CRS.from_epsg(3067)
+REF = datetime(2018, 8, 24, 18, 0)
+SHA = "0123456789abcdef" * 4
+
+
+def provenance(application: str = "nowcast_precip", model: str = "deeplabv3plus") -> Provenance:
+    return Provenance(application, model, "1.2.0", SHA, config={"model": {"name": model, "lr": 0.001}},
+                      package_versions={"numpy": "2.0", "torch": "2.14.1"},
+                      input_files=("/data/radar/201808241755.h5", "/data/radar/201808241800.h5"))
+
+
+def grid(crs: pyproj.CRS = TM35FIN, *, x0: float = 300_000.0, y0: float = 7_000_000.0,
+         step: float = 1000.0) -> ProductGrid:
+    """A 7 x 9 north-up grid with its first cell centre at (x0, y0)."""
+    return ProductGrid(x0 + step * np.arange(9), y0 - step * np.arange(7), crs)
+
+
+def product(variables: list[ProductVariable], leads: list[int] | None = None, g: ProductGrid | None = None,
+            ref: datetime = REF, application: str = "nowcast_precip") -> Product:
+    return Product(variables, g or grid(), ref,
+                   None if leads is None else [timedelta(minutes=m) for m in leads],
+                   provenance(application), title=f"meteovision {application}", institution="Test Institute")
+
+
+def rain_nowcast(seed: int = 0) -> Product:
+    data = np.random.default_rng(seed).gamma(0.8, 3.0, (3, 7, 9)).astype(np.float32)
+    data[:, 0, :2] = np.nan  # outside radar coverage
+    data[1, 3, 4] = 0.0
+    return product([ProductVariable.rain_rate(data)], leads=[5, 10, 15])
+
+
+def dbz_analysis() -> Product:
+    data = np.random.default_rng(1).uniform(-32.0, 65.0, (7, 9)).astype(np.float32)
+    data[6, 8] = np.nan
+    return product([ProductVariable.reflectivity(data)], g=grid(LAEA, x0=1_000_000, y0=-1_000_000),
+                   application="nowcast_reflectivity")
+
+
+def bow_echo_mask() -> Product:
+    data = np.zeros((7, 9), dtype=np.float32)
+    data[2:5, 3:6] = 1.0
+    data[0, :] = np.nan  # no radar: neither bow echo nor not
+    mask = ProductVariable.mask(data, "bow_echo_mask", "bow echo mask", ("no_bow_echo", "bow_echo"))
+    return product([mask], application="bow_echo")
+
+
+def class_probabilities() -> Product:
+    p = np.random.default_rng(2).dirichlet([1.0, 1.0, 1.0], size=(2, 7, 9)).astype(np.float32)
+    names = ("below_1", "from_1_to_5", "above_5")
+    variables = [ProductVariable.probability(p[..., k], f"probability_{n}", f"probability of rain rate {n}")
+                 for k, n in enumerate(names)]
+    return product(variables, leads=[15, 30])
+
+
+def cloud_fraction() -> Product:
+    data = np.random.default_rng(3).uniform(0.0, 1.0, (7, 9)).astype(np.float32)
+    g = grid(GEOS, x0=-400_000.0, y0=5_200_000.0, step=3000.0)
+    return product([ProductVariable.cloud_fraction(data)], g=g, application="nowcast_cloudiness")
+
+
+KINDS: dict[str, Callable[[], Product]] = {
+    "rain_nowcast": rain_nowcast,
+    "dbz_analysis": dbz_analysis,
+    "bow_echo_mask": bow_echo_mask,
+    "class_probabilities": class_probabilities,
+    "cloud_fraction": cloud_fraction,
+}
+
+
+@pytest.fixture(scope="module")
+def checker() -> Any:
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    return ComplianceChecker
+
+
+def run_cf_checker(checker: Any, path: Path) -> tuple[bool, list[tuple[str, str, list[str]]], dict[str, Any]]:
+    """(passed, failed high/medium checks, report) of ``compliance-checker -t cf:1.10``."""
+    report_path = path.with_suffix(".json")
+    passed, errors = checker.run_checker(str(path), ["cf:1.10"], verbose=0, criteria="normal",
+                                         output_filename=str(report_path), output_format="json")
+    report = json.loads(report_path.read_text())["cf:1.10"]
+    failures = [(prio, item["name"], item["msgs"])
+                for prio in ("high_priorities", "medium_priorities")
+                for item in report[prio] if item["value"][0] < item["value"][1]]
+    return bool(passed and not errors), failures, report
+
+
+@pytest.mark.filterwarnings("ignore:The ioos_sos checker:DeprecationWarning")
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_cf_compliance_checker_passes(kind: str, tmp_path: Path, checker: Any) -> None:
+    path = write_product_netcdf(KINDS[kind](), tmp_path / f"{kind}.nc")
+    passed, failures, report = run_cf_checker(checker, path)
+    assert passed and not failures, json.dumps(report, indent=1)[:20000]
+    assert report["high_count"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:The ioos_sos checker:DeprecationWarning")
+def test_cf_checker_catches_a_broken_file(tmp_path: Path, checker: Any) -> None:
+    """The compliance assertion above can fail: the same file without units or grid_mapping_name does."""
+    path = write_product_netcdf(rain_nowcast(), tmp_path / "broken.nc")
+    with netCDF4.Dataset(path, "a") as nc:
+        nc["rain_rate"].delncattr("units")
+        nc["crs"].delncattr("grid_mapping_name")
+    passed, failures, _ = run_cf_checker(checker, path)
+    assert not passed
+    assert any(prio == "high_priorities" for prio, _, _ in failures)
+
+
+def test_values_round_trip_exactly(tmp_path: Path) -> None:
+    for kind, make in KINDS.items():
+        prod = make()
+        path = write_product_netcdf(prod, tmp_path / f"{kind}.nc")
+        with netCDF4.Dataset(path) as nc:
+            nc.set_auto_mask(False)
+            for var in prod.variables:
+                raw = nc[var.name][:]
+                expected = var.stacked()
+                assert raw.shape == expected.shape
+                if var.is_integer:
+                    assert raw.dtype == np.int8
+                    want = np.where(np.isnan(expected), INT_FILL, np.nan_to_num(expected)).astype(np.int8)
+                    np.testing.assert_array_equal(raw, want)
+                    assert nc[var.name]._FillValue == -1
+                    flags = np.array(var.flag_values, np.int8)
+                    np.testing.assert_array_equal(nc[var.name].flag_values, flags)
+                    assert nc[var.name].flag_meanings == " ".join(var.flag_meanings or ())
+                else:
+                    assert raw.dtype == np.float32
+                    np.testing.assert_array_equal(raw, np.where(np.isnan(expected), FLOAT_FILL, expected))
+                    assert nc[var.name]._FillValue == np.float32(-9999.0)
+        with xr.open_dataset(path) as ds:
+            for var in prod.variables:
+                # xarray masks the fill value: NaN exactly where the product had NaN, floats bit-exact
+                np.testing.assert_array_equal(ds[var.name].values, var.stacked().astype(np.float32))
+
+
+def test_mask_given_as_integers_stays_exact(tmp_path: Path) -> None:
+    data = np.zeros((7, 9), dtype=np.int8)
+    data[1, 2] = 1
+    prod = product([ProductVariable.mask(data, "artefact_mask", "clutter", ("clean", "artefact"))],
+                   application="radar_cleaning")
+    with netCDF4.Dataset(write_product_netcdf(prod, tmp_path / "m.nc")) as nc:
+        assert nc["artefact_mask"].dtype == np.int8
+        np.testing.assert_array_equal(nc["artefact_mask"][:].filled(-1)[0], data)
+
+
+def test_units_standard_names_and_times(tmp_path: Path) -> None:
+    path = write_product_netcdf(rain_nowcast(), tmp_path / "rain.nc")
+    with netCDF4.Dataset(path) as nc:
+        rain = nc["rain_rate"]
+        assert (rain.units, rain.standard_name) == ("mm h-1", "lwe_precipitation_rate")
+        assert rain.grid_mapping == "crs"
+        assert rain.dimensions == ("leadtime", "y", "x")
+        assert set(rain.coordinates.split()) == {"time", "forecast_reference_time", "lat", "lon"}
+        assert nc["leadtime"].standard_name == "forecast_period"
+        assert nc["leadtime"].units == "minutes"
+        assert list(nc["leadtime"][:]) == [5, 10, 15]
+        assert nc["time"].dimensions == ("leadtime",)
+        assert nc["forecast_reference_time"].dimensions == ()
+        # 2018-08-24T18:00Z is 1535133600 s after the epoch (hand-computed)
+        assert int(nc["forecast_reference_time"][...]) == 1_535_133_600
+        assert list(nc["time"][:]) == [1_535_133_900, 1_535_134_200, 1_535_134_500]
+        assert (nc["x"].units, nc["x"].standard_name) == ("m", "projection_x_coordinate")
+        assert (nc["lat"].units, nc["lon"].units) == ("degrees_north", "degrees_east")
+    with xr.open_dataset(path) as ds:
+        assert ds["time"].values[1] == np.datetime64("2018-08-24T18:10:00")
+        assert ds["forecast_reference_time"].values == np.datetime64("2018-08-24T18:00:00")
+
+    with netCDF4.Dataset(write_product_netcdf(dbz_analysis(), tmp_path / "dbz.nc")) as nc:
+        dbz = nc["reflectivity"]
+        assert (dbz.units, dbz.standard_name) == ("dBZ", "equivalent_reflectivity_factor")
+        assert dbz.dimensions == ("time", "y", "x")
+        assert nc.dimensions["time"].size == 1
+        assert list(nc["leadtime"][:]) == [0]
+        assert nc["forecast_reference_time"].dimensions == ("time",)
+    with netCDF4.Dataset(write_product_netcdf(cloud_fraction(), tmp_path / "cloud.nc")) as nc:
+        cloud = nc["cloud_area_fraction"]
+        assert (cloud.units, cloud.standard_name) == ("1", "cloud_area_fraction")
+        np.testing.assert_array_equal(cloud.valid_range, np.array([0.0, 1.0], np.float32))
+    with netCDF4.Dataset(write_product_netcdf(class_probabilities(), tmp_path / "prob.nc")) as nc:
+        prob = nc["probability_above_5"]
+        assert prob.dtype == np.float32
+        assert prob.units == "1"
+        np.testing.assert_array_equal(prob.valid_range, np.array([0.0, 1.0], np.float32))
+
+
+def test_global_attributes_carry_provenance(tmp_path: Path) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    with netCDF4.Dataset(write_product_netcdf(rain_nowcast(), tmp_path / "rain.nc")) as nc:
+        attrs = {k: nc.getncattr(k) for k in nc.ncattrs()}
+    assert attrs["Conventions"] == "CF-1.10"
+    assert attrs["title"] == "meteovision nowcast_precip"
+    assert attrs["institution"] == "Test Institute"
+    assert attrs["source"] == "deeplabv3plus 1.2.0"
+    assert attrs["meteovision_checkpoint_sha256"] == SHA
+    assert json.loads(attrs["meteovision_config"]) == {"model": {"name": "deeplabv3plus", "lr": 0.001}}
+    assert json.loads(attrs["meteovision_package_versions"]) == {"numpy": "2.0", "torch": "2.14.1"}
+    assert json.loads(attrs["meteovision_input_files"]) == ["201808241755.h5", "201808241800.h5"]
+    stamp, _, rest = attrs["history"].partition(" ")
+    assert rest.startswith("created by meteovision ")
+    created = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert before <= created <= datetime.now(UTC)
+    assert attrs["references"] and attrs["comment"]
+
+
+def _crs_attrs(path: Path) -> dict[str, Any]:
+    with netCDF4.Dataset(path) as nc:
+        return {k: nc["crs"].getncattr(k) for k in nc["crs"].ncattrs()}
+
+
+@pytest.mark.parametrize("crs", [LAEA, GEOS, TM35FIN], ids=["laea", "geostationary", "epsg3067"])
+def test_crs_round_trip(crs: pyproj.CRS, tmp_path: Path) -> None:
+    g = grid(crs, x0=-2000.0, y0=3000.0)
+    path = write_product_netcdf(product([ProductVariable.rain_rate(np.ones((7, 9)))], g=g), tmp_path / "p.nc")
+    attrs = _crs_attrs(path)
+    assert pyproj.CRS.from_cf(attrs) == crs
+    # A reader that ignores crs_wkt and uses the CF parameters alone lands on the same lon/lat.
+    cf_only = pyproj.CRS.from_cf({k: v for k, v in attrs.items() if k != "crs_wkt"})
+    xs, ys = np.array([-2000.0, 0.0, 6000.0]), np.array([3000.0, 0.0, -3000.0])
+    for c in (crs, cf_only):
+        lon, lat = pyproj.Transformer.from_crs(c, c.geodetic_crs, always_xy=True).transform(xs, ys)
+        if c is crs:
+            expected = (lon, lat)
+        else:
+            np.testing.assert_allclose((lon, lat), expected, atol=1e-9)
+    with netCDF4.Dataset(path) as nc:
+        assert nc["rain_rate"].grid_mapping == "crs"
+        assert nc["crs"].grid_mapping_name == crs.to_cf()["grid_mapping_name"]
+
+
+def write_zeros(g: ProductGrid, path: Path) -> Path:
+    return write_product_netcdf(product([ProductVariable.rain_rate(np.zeros(g.shape))], g=g), path)
+
+
+def test_lat_lon_at_known_points(tmp_path: Path) -> None:
+    # LAEA: the false origin (x_0, y_0) is (lon_0, lat_0) by definition.
+    g = ProductGrid(np.array([1_949_000.0, 1_950_000.0, 1_951_000.0]), np.array([-2_099_000.0, -2_100_000.0]),
+                    LAEA)
+    path = write_zeros(g, tmp_path / "l.nc")
+    with netCDF4.Dataset(path) as nc:
+        assert nc["lat"].dtype == np.float32
+        assert nc["lat"][1, 1] == pytest.approx(55.0, abs=1e-5)
+        assert nc["lon"][1, 1] == pytest.approx(10.0, abs=1e-5)
+        # 1 km north of the origin: 1000 m / (pi/180 * ~6.37e6 m) ~ 0.009 degrees
+        assert float(nc["lat"][0, 1]) - 55.0 == pytest.approx(0.00899, abs=2e-5)
+    # TM35FIN: easting 500 km is the central meridian 27 E; northing 0 is the equator.
+    g = ProductGrid(np.array([499_000.0, 500_000.0]), np.array([1000.0, 0.0]), TM35FIN)
+    path = write_zeros(g, tmp_path / "t.nc")
+    with netCDF4.Dataset(path) as nc:
+        assert nc["lon"][1, 1] == pytest.approx(27.0, abs=1e-5)
+        assert nc["lat"][1, 1] == pytest.approx(0.0, abs=1e-5)
+    # Geostationary: the sub-satellite point is (lon_0, 0); corners of the full disk lie off the globe.
+    # the disk reaches ~5.44e6 m from its centre along the axes: (5e6, 0) is on it, (5e6, 5e6) is not
+    g = ProductGrid(np.array([-5e6, 0.0, 5e6]), np.array([5e6, 0.0, -5e6]), GEOS)
+    path = write_zeros(g, tmp_path / "g.nc")
+    with netCDF4.Dataset(path) as nc:
+        lat, lon = nc["lat"][:], nc["lon"][:]
+        assert lon[1, 1] == pytest.approx(9.5, abs=1e-5)
+        assert lat[1, 1] == pytest.approx(0.0, abs=1e-5)
+        assert lat.mask[0, 0] and lon.mask[2, 2]
+        assert lat.mask.sum() == 4
+
+
+def test_chunks_and_compression(tmp_path: Path) -> None:
+    path = write_product_netcdf(rain_nowcast(), tmp_path / "rain.nc")
+    with netCDF4.Dataset(path) as nc:
+        for name in ("rain_rate", "lat"):
+            filters = nc[name].filters()
+            assert filters["zlib"] and filters["shuffle"] and filters["complevel"] == 4
+        assert nc["rain_rate"].chunking() == [1, 7, 9]
+        assert nc.file_format == "NETCDF4"
+
+
+def test_output_is_deterministic_apart_from_history(tmp_path: Path) -> None:
+    def dump(path: Path) -> dict[str, Any]:
+        with netCDF4.Dataset(path) as nc:
+            out: dict[str, Any] = {k: nc.getncattr(k) for k in nc.ncattrs() if k != "history"}
+            for name, var in nc.variables.items():
+                out[name] = (var.dimensions, var.dtype.str, {k: str(var.getncattr(k)) for k in var.ncattrs()},
+                             np.asarray(var[...]).tobytes())
+            return out
+
+    a = write_product_netcdf(rain_nowcast(), tmp_path / "a.nc")
+    b = write_product_netcdf(rain_nowcast(), tmp_path / "b.nc")
+    assert dump(a) == dump(b)
+    assert dump(a) != dump(write_product_netcdf(rain_nowcast(seed=5), tmp_path / "c.nc"))
+
+
+def test_failure_mid_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Path] = []
+    real_write = netcdf_writer._write
+
+    def failing_write(nc: netCDF4.Dataset, prod: Product, path: Path) -> None:
+        real_write(nc, prod, path)
+        tmp = Path(nc.filepath())
+        assert tmp.exists() and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+        assert tmp.parent == path.parent
+        seen.append(tmp)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(netcdf_writer, "_write", failing_write)
+    target = tmp_path / "rain.nc"
+    with pytest.raises(WriterError, match="disk on fire"):
+        write_product_netcdf(rain_nowcast(), target)
+    assert len(seen) == 1 and not seen[0].exists()
+    assert sorted(os.listdir(tmp_path)) == []
+
+    # An existing product survives a failed overwrite untouched.
+    monkeypatch.setattr(netcdf_writer, "_write", real_write)
+    write_product_netcdf(rain_nowcast(seed=0), target)
+    before = target.read_bytes()
+    monkeypatch.setattr(netcdf_writer, "_write", failing_write)
+    with pytest.raises(WriterError):
+        write_product_netcdf(rain_nowcast(seed=1), target, overwrite=True)
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["rain.nc"]
+
+
+def test_atomic_write_cleans_up_on_any_exception(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(KeyboardInterrupt), atomic_write(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(WriterError, match="nothing was written"), atomic_write(target):
+        pass
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    with pytest.raises(WriterError, match="folder does not exist"), atomic_write(tmp_path / "no" / "x.nc"):
+        pass
+
+
+def _first_value(path: Path) -> float:
+    with netCDF4.Dataset(path) as nc:
+        return float(nc["rain_rate"][0, 3, 3])
+
+
+def test_existing_outputs_skip_overwrite_and_repair(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first, second = rain_nowcast(seed=0), rain_nowcast(seed=1)
+    a = float(first.variables[0].data[0, 3, 3])
+    b = float(second.variables[0].data[0, 3, 3])
+    assert a != b
+    target = tmp_path / product_filename("nowcast_precip", "deeplabv3plus", REF)
+    write_product_netcdf(first, target)
+    mtime = target.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="meteovision.pipeline.netcdf_writer"):
+        assert write_product_netcdf(second, target) == target
+    assert "keeping existing" in caplog.text
+    assert target.stat().st_mtime_ns == mtime
+    assert _first_value(target) == pytest.approx(a)
+
+    write_product_netcdf(second, target, overwrite=True)
+    assert _first_value(target) == pytest.approx(b)
+
+    # A partial (truncated) file, as left by a writer without atomic rename, is rewritten.
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    assert not is_valid_netcdf(target)
+    write_product_netcdf(first, target)
+    assert is_valid_netcdf(target, ["rain_rate"])
+    assert _first_value(target) == pytest.approx(a)
+    target.write_bytes(b"")
+    assert not is_valid_netcdf(target)
+    write_product_netcdf(first, target)
+    assert _first_value(target) == pytest.approx(a)
+    # A readable file lacking the product's variables is not taken for it.
+    assert not is_valid_netcdf(target, ["reflectivity"])
+
+
+def _write_series(folder: Path, nowcast: bool) -> list[datetime]:
+    refs = [REF + timedelta(minutes=5 * i) for i in range(3)]
+    for i, ref in enumerate(reversed(refs)):  # written out of order on purpose
+        value = np.full((2, 7, 9) if nowcast else (7, 9), float(len(refs) - 1 - i), np.float32)
+        prod = product([ProductVariable.rain_rate(value)], leads=[5, 10] if nowcast else None, ref=ref)
+        write_product_netcdf(prod, folder / product_filename("nowcast_precip", "deeplabv3plus", ref))
+    return refs
+
+
+@pytest.mark.parametrize("new_defaults", [False, True])
+def test_open_mfdataset_combines_analyses_by_time(tmp_path: Path, new_defaults: bool) -> None:
+    pytest.importorskip("dask")
+    refs = _write_series(tmp_path, nowcast=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with xr.set_options(use_new_combine_kwarg_defaults=new_defaults), \
+                xr.open_mfdataset(str(tmp_path / "*.nc"), combine="by_coords") as ds:
+            assert ds["rain_rate"].dims == ("time", "y", "x")
+            np.testing.assert_array_equal(ds["time"].values, np.array(refs, dtype="datetime64[ns]"))
+            np.testing.assert_array_equal(ds["forecast_reference_time"].values, ds["time"].values)
+            np.testing.assert_array_equal(ds["rain_rate"].values[:, 3, 3], [0.0, 1.0, 2.0])
+            assert ds["lat"].dims == ("y", "x")
+
+
+def test_open_mfdataset_stacks_nowcasts_by_reference_time(tmp_path: Path) -> None:
+    pytest.importorskip("dask")
+    refs = _write_series(tmp_path, nowcast=True)
+    with xr.open_mfdataset(str(tmp_path / "*.nc"), combine="nested", concat_dim="forecast_reference_time",
+                           data_vars="all", coords="different", compat="equals", join="exact") as ds:
+        assert ds["rain_rate"].dims == ("forecast_reference_time", "leadtime", "y", "x")
+        frt = np.array(refs, dtype="datetime64[ns]")
+        np.testing.assert_array_equal(np.sort(ds["forecast_reference_time"].values), frt)
+        ordered = ds.sortby("forecast_reference_time")
+        np.testing.assert_array_equal(ordered["rain_rate"].values[:, :, 3, 3], [[0, 0], [1, 1], [2, 2]])
+        np.testing.assert_array_equal(ordered["time"].values[:, 1], frt + np.timedelta64(10, "m"))
+
+
+def test_combine_by_coords_without_dask(tmp_path: Path) -> None:
+    """The same combination open_mfdataset performs, for users without dask."""
+    refs = _write_series(tmp_path, nowcast=False)
+    parts = [xr.open_dataset(p) for p in sorted(tmp_path.glob("*.nc"))]
+    try:
+        ds = xr.combine_by_coords(parts, data_vars="minimal", coords="minimal", compat="equals", join="exact")
+        assert isinstance(ds, xr.Dataset)
+        np.testing.assert_array_equal(ds["time"].values, np.array(refs, dtype="datetime64[ns]"))
+        np.testing.assert_array_equal(ds["rain_rate"].values[:, 0, 0], [0.0, 1.0, 2.0])
+        assert ds["crs"].dims == ()
+    finally:
+        for part in parts:
+            part.close()
+
+
+def test_product_filename() -> None:
+    assert product_filename("nowcast_precip", "deeplabv3plus", REF) == \
+        "meteovision_nowcast_precip_deeplabv3plus_20180824T1800Z.nc"
+    eet = timezone(timedelta(hours=3))
+    local = datetime(2018, 8, 24, 21, 5, tzinfo=eet)
+    assert product_filename("bow_echo", "unet", local, timedelta(minutes=30), suffix=".tif") == \
+        "meteovision_bow_echo_unet_20180824T1805Z_lead0030min.tif"
+    with pytest.raises(ProductError):
+        product_filename("now cast", "unet", REF)
+
+
+def test_grid_from_reader_dataset() -> None:
+    ds = xr.Dataset({"RATE": (("time", "y", "x"), np.zeros((1, 3, 4), np.float32)),
+                     "crs": crs_variable(TM35FIN)},
+                    coords={**projection_coords(np.arange(4) * 1000.0, 7e6 - np.arange(3) * 1000.0)})
+    g = ProductGrid.from_dataset(ds)
+    assert g.shape == (3, 4)
+    assert g.crs == TM35FIN
+    np.testing.assert_array_equal(g.y, [7e6, 7e6 - 1000, 7e6 - 2000])
+    with pytest.raises(ProductError, match="lacks"):
+        ProductGrid.from_dataset(ds.drop_vars("crs"))
+
+
+def test_bad_products_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ProductError, match="not among flag_values"):
+        ProductVariable.mask(np.full((7, 9), 2.0), "m", "mask", ("no", "yes"))
+    with pytest.raises(ProductError, match="outside valid_range"):
+        ProductVariable.probability(np.full((7, 9), 1.5), "p", "probability")
+    with pytest.raises(ProductError, match="spatial shape"):
+        product([ProductVariable.rain_rate(np.zeros((6, 9)))])
+    with pytest.raises(ProductError, match="time steps"):
+        product([ProductVariable.rain_rate(np.zeros((2, 7, 9)))], leads=[5, 10, 15])
+    with pytest.raises(ProductError, match="increasing"):
+        product([ProductVariable.rain_rate(np.zeros((2, 7, 9)))], leads=[10, 5])
+    with pytest.raises(ProductError, match="name"):
+        ProductVariable.rain_rate(np.zeros((7, 9)), name="time")
+    with pytest.raises(ProductError, match="sha256"):
+        Provenance("a", "b", "1", "not-a-hash")
+    with pytest.raises(WriterError, match="fill value"):
+        write_product_netcdf(product([ProductVariable.rain_rate(np.full((7, 9), -9999.0))]),
+                             tmp_path / "f.nc")
+    assert os.listdir(tmp_path) == []
+
+
+# --- GeoTIFF -----------------------------------------------------------------------------------------
+
+
+def test_geotiff_round_trip(tmp_path: Path) -> None:
+    prod = rain_nowcast()
+    path = write_product_geotiff(prod, tmp_path / "rain.tif")
+    with rasterio.open(path) as src:
+        assert src.count == 3
+        assert src.crs.to_epsg() == 3067
+        # cell centres 300000, 7000000 -> top-left corner 299500, 7000500 with 1 km cells
+        assert tuple(src.transform)[:6] == (1000.0, 0.0, 299_500.0, 0.0, -1000.0, 7_000_500.0)
+        values = src.read()
+        np.testing.assert_array_equal(values, prod.variables[0].data)
+        assert np.isnan(src.nodata)
+        assert src.tags(2)["valid_time"] == "2018-08-24T18:10:00Z"
+        assert src.tags(2)["units"] == "mm h-1"
+        assert src.descriptions[2] == "rain_rate 2018-08-24T18:15:00Z +15 min"
+        assert src.tags()["reference_time"] == "2018-08-24T18:00:00Z"
+
+
+def _lonlat(crs: pyproj.CRS, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    return np.array(pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(xs, ys))
+
+
+@pytest.mark.parametrize("make", [dbz_analysis, cloud_fraction], ids=["laea", "geostationary"])
+def test_geotiff_projection_matches(make: Callable[[], Product], tmp_path: Path) -> None:
+    prod = make()
+    with rasterio.open(write_product_geotiff(prod, tmp_path / "p.tif")) as src:
+        xs, ys = np.meshgrid(prod.grid.x, prod.grid.y)
+        np.testing.assert_allclose(_lonlat(pyproj.CRS.from_wkt(src.crs.to_wkt()), xs, ys),
+                                   _lonlat(prod.grid.crs, xs, ys), atol=1e-9)
+        cols, rows = np.meshgrid(np.arange(9), np.arange(7))
+        centre_x, centre_y = src.xy(rows.ravel(), cols.ravel())
+        np.testing.assert_allclose(np.reshape(centre_x, xs.shape), xs)
+        np.testing.assert_allclose(np.reshape(centre_y, ys.shape), ys)
+        np.testing.assert_array_equal(src.read(1), prod.variables[0].data)
+
+
+def test_geotiff_masks_and_flipped_grids(tmp_path: Path) -> None:
+    mask = bow_echo_mask()
+    with rasterio.open(write_product_geotiff(mask, tmp_path / "m.tif")) as src:
+        assert src.dtypes[0] == "int8" and src.nodata == -1
+        expected = np.where(np.isnan(mask.variables[0].data), -1, mask.variables[0].data)
+        np.testing.assert_array_equal(src.read(1), expected)
+        assert src.tags(1)["flag_meanings"] == "no_bow_echo bow_echo"
+    # A south-up grid (y increasing) is written north-up: row 0 holds the northernmost cells.
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    up = ProductGrid(np.array([0.0, 2000.0, 4000.0]), np.array([0.0, 2000.0]), TM35FIN)
+    with rasterio.open(write_product_geotiff(product([ProductVariable.rain_rate(data)], g=up),
+                                             tmp_path / "up.tif")) as src:
+        np.testing.assert_array_equal(src.read(1), data[::-1])
+        assert tuple(src.transform)[:6] == (2000.0, 0.0, -1000.0, 0.0, -2000.0, 3000.0)
+    irregular = ProductGrid(np.array([0.0, 1000.0, 3000.0]), np.array([1000.0, 0.0]), TM35FIN)
+    with pytest.raises(WriterError, match="regular grid"):
+        write_product_geotiff(product([ProductVariable.rain_rate(np.zeros((2, 3)))], g=irregular),
+                              tmp_path / "irr.tif")
+    assert sorted(os.listdir(tmp_path)) == ["m.tif", "up.tif"]
+
+
+def test_geotiff_of_several_variables_is_lead_major(tmp_path: Path) -> None:
+    prod = class_probabilities()
+    with rasterio.open(write_product_geotiff(prod, tmp_path / "p.tif")) as src:
+        assert src.count == 6
+        for step in range(2):
+            for k, var in enumerate(prod.variables):
+                band = 1 + step * 3 + k
+                np.testing.assert_array_equal(src.read(band), var.data[step])
+                assert src.tags(band)["variable"] == var.name
