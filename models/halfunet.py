@@ -20,8 +20,9 @@ from functools import partial
 from typing import ClassVar, Literal
 
 import torch
-from meteovision.models.contract import DENSE, DenseSettings, ModelContract, check
 from torch import nn
+
+from meteovision.models.contract import DENSE, DenseSettings, ModelContract, check
 
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu"]
 Upsampling = Literal["bilinear", "nearest", "transposed"]

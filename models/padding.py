@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from meteovision.models.contract import PadMode
 from meteovision.models.errors import ModelSettingsError
-from torch import nn
 
 
 def pad_amounts(size: int, divisibility: int) -> tuple[int, int]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
+
 from meteovision.models.contract import CLASSIFICATION, ModelContract, check
 from meteovision.models.errors import ModelDependencyError
 from meteovision.models.weights import RGB, load_weights_file
-from torch import nn
 
 
 @dataclass(frozen=True, kw_only=True)

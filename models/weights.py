@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from meteovision.models.errors import ModelWeightsError
 from torch import nn
+
+from meteovision.models.errors import ModelWeightsError
 
 LOG = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import netCDF4
+
 from meteovision.pipeline.products import WriterError
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import rasterio
 import rasterio.crs
 import rasterio.errors
 from affine import Affine
+
 from meteovision.pipeline.atomic import atomic_write
 from meteovision.pipeline.products import (
     Product,

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from meteovision.datasets.errors import MeteovisionError
 from torch import Tensor, nn
+
+from meteovision.datasets.errors import MeteovisionError
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from meteovision.datasets.errors import MeteovisionError
 from torch import Tensor
 from torchmetrics import Metric
+
+from meteovision.datasets.errors import MeteovisionError
 
 __all__ = [
     "ClassificationScores",

@@ -34,6 +34,7 @@ from typing import Any
 
 import netCDF4
 import numpy as np
+
 from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf
 from meteovision.pipeline.products import (
     Product,

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pyproj
 import xarray as xr
+
 from meteovision.datasets.conventions import GRID_MAPPING
 from meteovision.datasets.errors import MeteovisionError
 

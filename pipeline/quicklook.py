@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
 from meteovision.pipeline.atomic import atomic_write
 from meteovision.pipeline.products import Product, ProductError, ProductVariable, lead_minutes
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+
 from meteovision.pipeline.losses import LOSSES, LossConfigError, LossInputError, build_loss
 
 LN2 = math.log(2.0)

@@ -7,6 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_sum
+
 from meteovision.pipeline.metrics import (
     ClassificationScores,
     ContingencyScores,
@@ -16,9 +20,6 @@ from meteovision.pipeline.metrics import (
     SegmentationScores,
     format_threshold,
 )
-from torch import nn
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_sum
 
 NAN = float("nan")
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from meteovision.models import (
     ModelSettingsError,
     ModelWeightsError,
@@ -24,7 +26,6 @@ from meteovision.models import (
 )
 from meteovision.models.padding import PadToMultiple
 from meteovision.models.settings import settings_to_dict
-from torch import nn
 
 #: Small settings so every model builds and runs in well under a second.
 TINY: dict[str, dict[str, Any]] = {

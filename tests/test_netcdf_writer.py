@@ -16,6 +16,7 @@ import pyproj
 import pytest
 import rasterio
 import xarray as xr
+
 from meteovision.datasets.conventions import crs_variable, projection_coords
 from meteovision.pipeline import netcdf_writer
 from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf

@@ -10,6 +10,8 @@ import numpy as np
 import pyproj
 import pytest
 from matplotlib.colors import to_rgba
+from PIL import Image
+
 from meteovision.pipeline.products import Product, ProductError, ProductGrid, ProductVariable, Provenance
 from meteovision.pipeline.quicklook import (
     DBZ_COLOURS,
@@ -20,7 +22,6 @@ from meteovision.pipeline.quicklook import (
     quicklook_title,
     write_quicklook,
 )
-from PIL import Image
 
 CRS = pyproj.CRS.from_epsg(3067)
 REF = datetime(2018, 8, 24, 18, 0)
