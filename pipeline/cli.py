@@ -24,6 +24,7 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
+    "demo": Command("meteovision.pipeline.demo", "the whole chain on built-in sample data, every application"),
     "sample-data": Command("meteovision.datasets.synthetic.cli", "write synthetic sample data for an application"),
     "summary": Command("meteovision.datasets.summary", "read files or a sample folder and print a tensor summary"),
     "fit": Command("meteovision.pipeline.train_cli", "train a model from a YAML config (LightningCLI)", True),
@@ -36,6 +37,9 @@ COMMANDS: dict[str, Command] = {
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Lightning prints its own messages through its own handler; do not print them twice.
+    logging.getLogger("lightning.pytorch").propagate = False
+    logging.getLogger("lightning.fabric").propagate = False
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
