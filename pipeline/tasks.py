@@ -14,14 +14,15 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from meteovision.datasets.normalization import NormalizationStats
-from meteovision.models import build_model
+from meteovision.models import build_model, get_model_spec
 from meteovision.pipeline.baselines import get_baseline
 from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, check_data_matches, checkpoint_metadata
 from meteovision.pipeline.losses import build_loss
@@ -38,6 +39,22 @@ from meteovision.pipeline.report import format_comparison_table
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
+
+
+def _metric(metrics: nn.ModuleDict, key: str) -> Metric:
+    """A metric of a ModuleDict, typed (ModuleDict values are plain Modules to type checkers)."""
+    return cast(Metric, metrics[key])
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class MeteoTask(L.LightningModule):
@@ -72,6 +89,8 @@ class MeteoTask(L.LightningModule):
         self.thresholds = list(thresholds) if thresholds else [0.5]
         self.use_channels_last = channels_last
         self.loss_fn = build_loss(**self.loss_settings)
+        # check the model name and settings now, not after the data has been read and normalised
+        get_model_spec(self.model_name, **self.model_settings)
         self.net: nn.Module | None = None
         self.data_meta: dict[str, Any] = {}
         self._stats_cache: dict[str, NormalizationStats | None] = {}
@@ -90,19 +109,19 @@ class MeteoTask(L.LightningModule):
     def configure_model(self) -> None:
         """Build the network once the datamodule has told us the channel counts."""
         dm = self._datamodule()
+        if self.net is None:
+            if dm is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: in_channels/out_channels are not set and no datamodule is attached "
+                    "to infer them from"
+                )
+            in_ch = self.hparams.get("in_channels") or len(dm.channel_names)
+            out_ch = self.hparams.get("out_channels") or self.output_channels_from(dm)
+            self._build_net(int(in_ch), int(out_ch))
+        # after the net is built: the metadata records its channel counts (load_inference_model needs them)
         if dm is not None and getattr(dm, "channel_names", None):
             self.data_meta = checkpoint_metadata(self, dm)
             self._stats_cache.clear()
-        if self.net is not None:
-            return
-        if dm is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: in_channels/out_channels are not set and no datamodule is attached "
-                "to infer them from"
-            )
-        in_ch = self.hparams.get("in_channels") or len(dm.channel_names)
-        out_ch = self.hparams.get("out_channels") or self.output_channels_from(dm)
-        self._build_net(int(in_ch), int(out_ch))
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.target_names)
@@ -137,13 +156,14 @@ class MeteoTask(L.LightningModule):
     def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
         target = self.target_for_metrics(batch)
         mask = batch.get("mask")
-        for metric in metrics.values():
-            metric.update(pred, target, mask)
+        for key in metrics:
+            _metric(metrics, key).update(pred, target, mask)
 
     @staticmethod
     def compute_metrics(metrics: nn.ModuleDict) -> dict[str, float]:
         out: dict[str, float] = {}
-        for name, metric in metrics.items():
+        for name in metrics:
+            metric = _metric(metrics, name)
             for key, value in metric.compute().items():
                 if isinstance(value, Tensor) and value.numel() == 1:
                     out[f"{name}/{key}"] = float(value)
@@ -215,7 +235,8 @@ class MeteoTask(L.LightningModule):
         out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "test_metrics.json"
-        path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+        # strict JSON: an undefined score (NaN, e.g. FAR with no event forecast) is written as null
+        path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, default=str, allow_nan=False))
         table = format_comparison_table(self.application, self.model_name, self.baseline_name,
                                         model_scores, baseline_scores)
         print(table)  # the test report is user output, not a log line
@@ -275,11 +296,11 @@ class SegmentationTask(MeteoTask):
         target = batch["target"]
         mask = batch.get("mask")
         if self.binary:
-            metrics["cont"].update(pred, target, mask)
-            metrics["seg"].update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
+            _metric(metrics, "cont").update(pred, target, mask)
+            _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
                                   None if mask is None else mask.squeeze(1))
         else:
-            metrics["seg"].update(pred, target, mask)
+            _metric(metrics, "seg").update(pred, target, mask)
 
 
 class NowcastTask(MeteoTask):
@@ -334,9 +355,9 @@ class NowcastTask(MeteoTask):
             tag = f"lead{round((lead + 1) * self.time_step_minutes):03d}"
             p, t = pred[:, lead : lead + 1], target[:, lead : lead + 1]
             m = None if mask is None else mask[:, lead : lead + 1]
-            metrics[f"{tag}_cont"].update(p, t, m)
-            metrics[f"{tag}_reg"].update(p, t, m)
-            metrics[f"{tag}_fss"].update(p, t, m)
+            _metric(metrics, f"{tag}_cont").update(p, t, m)
+            _metric(metrics, f"{tag}_reg").update(p, t, m)
+            _metric(metrics, f"{tag}_fss").update(p, t, m)
 
 
 class RegressionTask(MeteoTask):
@@ -372,7 +393,7 @@ class ClassificationTask(MeteoTask):
         return output.argmax(dim=1)
 
     def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
-        metrics["cls"].update(pred, batch["target"])
+        _metric(metrics, "cls").update(pred, batch["target"])
 
 
 TASKS: dict[str, type[MeteoTask]] = {
