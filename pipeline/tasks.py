@@ -274,6 +274,31 @@ class SegmentationTask(MeteoTask):
     task_kind: ClassVar[str] = "segmentation"
     default_loss: ClassVar[dict[str, Any]] = {"name": "bce_dice"}
 
+    def __init__(
+        self,
+        application: str,
+        model: str = "unet",
+        model_settings: dict[str, Any] | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        baseline: str | None = None,
+        thresholds: list[float] | None = None,
+        channels_last: bool = False,
+        rain_kept_channel: str | None = None,
+        rain_kept_threshold: float = 5.0,
+    ) -> None:
+        """``rain_kept_channel`` (radar cleaning): score the share of true echoes of that input channel
+        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged."""
+        self.rain_kept_channel = rain_kept_channel
+        self.rain_kept_threshold = rain_kept_threshold
+        super().__init__(
+            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
+            baseline, thresholds, channels_last,
+        )
+
     def output_channels_from(self, dm: Any) -> int:
         classes = getattr(dm, "class_names", None)
         return 1 if not classes or len(classes) <= 2 else len(classes)
@@ -287,6 +312,8 @@ class SegmentationTask(MeteoTask):
         metrics: dict[str, nn.Module] = {"seg": SegmentationScores(num_classes=n)}
         if self.binary:
             metrics["cont"] = ContingencyScores(thresholds=[0.5])
+        if self.binary and self.rain_kept_channel:
+            metrics["rain"] = RainKept()
         return nn.ModuleDict(metrics)
 
     def predictions_for_metrics(self, output: Tensor) -> Tensor:
@@ -299,8 +326,43 @@ class SegmentationTask(MeteoTask):
             _metric(metrics, "cont").update(pred, target, mask)
             _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
                                   None if mask is None else mask.squeeze(1))
+            if "rain" in metrics and self.rain_kept_channel:
+                echo = _channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
+                true_echo = (echo >= self.rain_kept_threshold) & (target.squeeze(1) < 0.5)
+                if mask is not None:
+                    true_echo &= mask.squeeze(1)
+                _metric(metrics, "rain").update(pred.squeeze(1) < 0.5, true_echo)
         else:
             _metric(metrics, "seg").update(pred, target, mask)
+
+
+class RainKept(Metric):
+    """Share of true precipitation echoes that a cleaning method leaves in place (higher is better)."""
+
+    full_state_update = False
+    kept: Tensor
+    total: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("kept", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, kept: Tensor, true_echo: Tensor) -> None:
+        self.kept += (kept & true_echo).sum()
+        self.total += true_echo.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.double()
+        share = self.kept.double() / total if self.total > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        return {"rain_kept": share, "n": self.total}
+
+
+def _channel_of(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
+    names = list(meta.get("channel_names") or [])
+    if name not in names:
+        raise KeyError(f"rain_kept_channel '{name}' is not an input channel; inputs are {names}")
+    return inputs[:, names.index(name)]
 
 
 class NowcastTask(MeteoTask):
