@@ -95,7 +95,7 @@ SPECKLE_MIN_NEIGHBOURS = 3
 def texture_filter(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
     """Gabella-type clutter filter: high reflectivity texture (TDBZ) or isolated speckle is artefact.
 
-    TDBZ is the local mean of squared differences between neighbouring pixels (Hubbert et al. 2009);
+    TDBZ is the local mean of squared differences between neighbouring echo pixels (Hubbert et al. 2009);
     ground clutter and interference are far rougher than precipitation. Pixels with fewer than three
     echo neighbours in their 3 x 3 window are despeckled.
     """
@@ -104,10 +104,20 @@ def texture_filter(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
     for b in range(th.shape[0]):
         z = np.nan_to_num(th[b], nan=-32.0)
         echo = z > ECHO_DBZ
-        dx = np.diff(z, axis=1, append=z[:, -1:]) ** 2
-        dy = np.diff(z, axis=0, append=z[-1:, :]) ** 2
-        tdbz = ndimage.uniform_filter(0.5 * (dx + dy), size=5, mode="nearest")
-        neighbours = ndimage.convolve(echo.astype(np.int32), np.ones((3, 3), dtype=np.int32), mode="constant") - 1
+        # TDBZ over pairs of neighbouring echo pixels only: the edge of a rain area is not texture.
+        pair_x = echo[:, 1:] & echo[:, :-1]
+        pair_y = echo[1:, :] & echo[:-1, :]
+        d2 = np.zeros_like(z)
+        weight = np.zeros_like(z)
+        d2[:, :-1] += np.where(pair_x, np.diff(z, axis=1) ** 2, 0.0)
+        weight[:, :-1] += pair_x
+        d2[:-1, :] += np.where(pair_y, np.diff(z, axis=0) ** 2, 0.0)
+        weight[:-1, :] += pair_y
+        num = ndimage.uniform_filter(d2, size=5, mode="constant")
+        den = ndimage.uniform_filter(weight, size=5, mode="constant")
+        tdbz = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        kernel = np.ones((3, 3), dtype=np.int32)
+        neighbours = ndimage.convolve(echo.astype(np.int32), kernel, mode="constant") - 1
         speckle = echo & (neighbours < SPECKLE_MIN_NEIGHBOURS)
         out[b] = ((echo & (tdbz > TEXTURE_THRESHOLD_DB2)) | speckle).astype(np.float32)
     return torch.from_numpy(out).unsqueeze(1).to(inputs.device)

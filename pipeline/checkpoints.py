@@ -64,6 +64,8 @@ def checkpoint_metadata(task: Any, dm: Any) -> dict[str, Any]:
             "target_units": list(getattr(dm, "target_units", []) or []),
             "class_names": getattr(dm, "class_names", None),
             "task_kind": getattr(task, "task_kind", "dense"),
+            "residual_on_last_frame": bool(getattr(task, "residual_on_last_frame", False)),
+            "variables_per_frame": hp.get("variables_per_frame"),
             "input_variables": list(getattr(dm, "input_variables", []) or []),
             "num_input_frames": getattr(dm, "num_input_frames", 1),
             "num_output_frames": getattr(dm, "num_output_frames", None),
@@ -177,13 +179,12 @@ def load_inference_model(path: str | Path) -> InferenceModel:
     Loads with ``weights_only=True``; the network is rebuilt from the model registry with the
     stored name, channel counts and settings, then given the trained weights (strict).
     """
-    from meteovision.models import build_model
+    from meteovision.pipeline.networks import build_network
 
     path = Path(path)
     ckpt = load_checkpoint(path)
     meta = dict(ckpt[CHECKPOINT_KEY])
-    net = build_model(str(meta["model_name"]), int(meta["in_channels"]), int(meta["out_channels"]),
-                      **dict(meta.get("model_settings") or {}))
+    net = build_network(meta)
     prefix = "net."
     weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:

@@ -22,9 +22,14 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from meteovision.datasets.normalization import NormalizationStats
-from meteovision.models import build_model, get_model_spec
+from meteovision.models import get_model_spec
 from meteovision.pipeline.baselines import get_baseline
-from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, check_data_matches, checkpoint_metadata
+from meteovision.pipeline.checkpoints import (
+    CHECKPOINT_KEY,
+    CheckpointMismatchError,
+    check_data_matches,
+    checkpoint_metadata,
+)
 from meteovision.pipeline.losses import build_loss
 from meteovision.pipeline.metrics import (
     ClassificationScores,
@@ -33,6 +38,7 @@ from meteovision.pipeline.metrics import (
     RegressionScores,
     SegmentationScores,
 )
+from meteovision.pipeline.networks import build_network
 from meteovision.pipeline.optim import build_optimizer, build_scheduler
 from meteovision.pipeline.report import format_comparison_table
 
@@ -98,10 +104,27 @@ class MeteoTask(L.LightningModule):
             self._build_net(in_channels, out_channels)
 
     # ------------------------------------------------------------------ model
+    residual_on_last_frame: bool = False
+
+    def network_description(self, in_channels: int, out_channels: int) -> dict[str, Any]:
+        """What ``build_network`` needs; also recorded in the checkpoint for inference."""
+        variables = self.hparams.get("variables_per_frame") or len(self.data_meta.get("input_variables") or []) or 1
+        return {
+            "model_name": self.model_name,
+            "model_settings": self.model_settings,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "residual_on_last_frame": self.residual_on_last_frame,
+            "variables_per_frame": int(variables),
+        }
+
     def _build_net(self, in_channels: int, out_channels: int) -> None:
-        self.net = build_model(self.model_name, in_channels, out_channels, **self.model_settings)
+        description = self.network_description(in_channels, out_channels)
+        self.net = build_network(description)
         self.hparams["in_channels"] = in_channels
         self.hparams["out_channels"] = out_channels
+        if self.residual_on_last_frame:
+            self.hparams["variables_per_frame"] = description["variables_per_frame"]
         if self.use_channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._build_metrics()
@@ -220,10 +243,14 @@ class MeteoTask(L.LightningModule):
         model_scores = self.compute_metrics(self.test_metrics)
         self.log_dict({f"test/{k}": v for k, v in model_scores.items() if math.isfinite(v)})
         baseline_scores = self.compute_metrics(self.baseline_metrics) if self.baseline_metrics is not None else {}
+        # trainer.log_dir broadcasts under DDP: every rank must ask, or rank 0 waits for the others forever
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.is_global_zero:
-            self._write_test_report(model_scores, baseline_scores)
+            self._write_test_report(model_scores, baseline_scores, out_dir)
 
-    def _write_test_report(self, model_scores: dict[str, float], baseline_scores: dict[str, float]) -> None:
+    def _write_test_report(
+        self, model_scores: dict[str, float], baseline_scores: dict[str, float], out_dir: Path
+    ) -> None:
         report = {
             "application": self.application,
             "model": self.model_name,
@@ -232,7 +259,6 @@ class MeteoTask(L.LightningModule):
             "baseline_scores": baseline_scores,
             "data": self.data_meta.get("data_description", {}),
         }
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "test_metrics.json"
         # strict JSON: an undefined score (NaN, e.g. FAR with no event forecast) is written as null
@@ -258,7 +284,9 @@ class MeteoTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
-            raise ValueError("this checkpoint was not written by meteovision: it has no 'meteovision' metadata")
+            raise CheckpointMismatchError(
+                "this checkpoint was not written by meteovision: it has no 'meteovision' metadata"
+            )
         dm = self._datamodule()
         if dm is not None and getattr(dm, "channel_names", None):
             check_data_matches(meta, dm)
@@ -386,9 +414,13 @@ class NowcastTask(MeteoTask):
         channels_last: bool = False,
         fss_scales: list[int] | None = None,
         time_step_minutes: float = 5.0,
+        residual_on_last_frame: bool = True,
+        variables_per_frame: int | None = None,
     ) -> None:
+        """``residual_on_last_frame``: the network corrects persistence instead of drawing each frame anew."""
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
+        self.residual_on_last_frame = residual_on_last_frame
         super().__init__(
             application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
             baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,

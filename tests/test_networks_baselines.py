@@ -1,0 +1,81 @@
+"""Task-level network wrappers and the classic baselines, on values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from meteovision.pipeline.baselines import bow_echo_rule, get_baseline, gpi, persistence, texture_filter
+from meteovision.pipeline.networks import LastFrameResidual, build_network
+
+
+class _Zero(nn.Module):
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], self.out_channels, *x.shape[2:])
+
+
+def test_untrained_residual_nowcast_is_exactly_persistence() -> None:
+    x = torch.arange(2 * 6 * 3 * 4, dtype=torch.float32).reshape(2, 6, 3, 4)  # 3 frames x 2 variables
+    net = LastFrameResidual(_Zero(8), variables_per_frame=2, lead_times=4)
+    out = net(x)
+    assert out.shape == (2, 8, 3, 4)
+    for lead in range(4):
+        torch.testing.assert_close(out[:, 2 * lead : 2 * lead + 2], x[:, 4:6])
+
+
+def test_build_network_wraps_only_when_asked_and_keeps_shapes() -> None:
+    meta = {"model_name": "halfunet", "in_channels": 4, "out_channels": 6,
+            "model_settings": {"num_filters": 4, "depth": 2}, "residual_on_last_frame": True, "variables_per_frame": 1}
+    net = build_network(meta)
+    assert isinstance(net, LastFrameResidual)
+    assert net(torch.zeros(1, 4, 21, 19)).shape == (1, 6, 21, 19)
+    assert not isinstance(build_network({**meta, "residual_on_last_frame": False}), LastFrameResidual)
+
+
+def test_persistence_repeats_last_frame() -> None:
+    x = torch.rand(1, 3, 5, 5)
+    out = persistence(x, {"out_channels": 2})
+    torch.testing.assert_close(out, x[:, 2:3].repeat(1, 2, 1, 1))
+
+
+def test_gpi_is_3_mm_below_235_k() -> None:
+    ir = torch.tensor([[[[230.0, 235.0], [240.0, 200.0]]]])
+    out = gpi(torch.cat([ir, ir + 1.0], dim=1), {"channel_names": ["IR_108", "IR_120"]})
+    assert out.squeeze().tolist() == [[3.0, 0.0], [0.0, 3.0]]
+
+
+def test_bow_rule_keeps_an_intense_arc_and_drops_a_straight_line_of_equal_intensity() -> None:
+    field = np.zeros((64, 64), dtype=np.float32)
+    for col in range(10, 54):  # straight squall line, 40 mm/h
+        field[8:10, col] = 40.0
+    for col in range(10, 54):  # arc bulging downwards by 10 px at its centre
+        row = round(40 + 10 * (1 - ((col - 32) / 22.0) ** 2))
+        field[row : row + 2, col] = 40.0
+    out = bow_echo_rule(torch.from_numpy(field)[None, None], {"channel_names": ["RATE"]}).squeeze().numpy()
+    assert out[8:10].sum() == 0, "a straight line is not a bow"
+    assert out[40:53].sum() > 0.8 * (field[40:53] > 0).sum(), "the arc is a bow"
+
+
+def test_texture_filter_flags_rough_clutter_and_speckle_but_keeps_smooth_rain() -> None:
+    rng = np.random.default_rng(0)
+    z = np.full((40, 40), -32.0)
+    yy, xx = np.mgrid[:40, :40]
+    z[(yy - 12) ** 2 + (xx - 12) ** 2 < 64] = 30.0 + 0.3 * (yy - 12)[(yy - 12) ** 2 + (xx - 12) ** 2 < 64]
+    z[28:36, 26:34] = rng.choice([10.0, 55.0], size=(8, 8))  # ground clutter: +-22 dB from pixel to pixel
+    z[2, 37] = 40.0  # speckle
+    out = texture_filter(torch.from_numpy(z)[None, None].float(), {"channel_names": ["TH"]}).squeeze().numpy()
+    rain = (yy - 12) ** 2 + (xx - 12) ** 2 < 49
+    assert out[rain].mean() < 0.05, "smooth rain (also at its edge) is kept"
+    assert out[28:36, 26:34].mean() > 0.8
+    assert out[2, 37] == 1.0
+
+
+def test_unknown_baseline_lists_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="persistence"):
+        get_baseline("magic")
