@@ -64,7 +64,7 @@ def checkpoint_metadata(task: Any, dm: Any) -> dict[str, Any]:
             "target_units": list(getattr(dm, "target_units", []) or []),
             "class_names": getattr(dm, "class_names", None),
             "task_kind": getattr(task, "task_kind", "dense"),
-            "residual_on_last_frame": bool(getattr(task, "residual_on_last_frame", False)),
+            "nowcast_head": str(getattr(task, "nowcast_head", "direct")),
             "variables_per_frame": hp.get("variables_per_frame"),
             "input_variables": list(getattr(dm, "input_variables", []) or []),
             "num_input_frames": getattr(dm, "num_input_frames", 1),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meteovision.models import build_model
@@ -35,12 +37,66 @@ class LastFrameResidual(nn.Module):
         return self.net(x) + last.repeat(1, self.lead_times, 1, 1)
 
 
+class AdvectionNowcast(nn.Module):
+    """Nowcast by learned semi-Lagrangian extrapolation plus a learned correction.
+
+    The backbone reads the N past frames and outputs a motion field (u, v, in pixels per time
+    step, bounded by ``max_speed``) and one correction per lead time and variable. Lead k is the
+    last observed frame advected backwards along k steps of that motion (bilinear, values at
+    the border held where air comes in from outside the domain) plus its correction. With zero
+    motion and zero correction it is exactly Eulerian persistence, so training starts from the
+    baseline and learns motion first: the physics pysteps' extrapolation encodes by hand.
+    """
+
+    extra_channels = 2
+
+    def __init__(self, net: nn.Module, variables_per_frame: int, lead_times: int, max_speed: float = 6.0) -> None:
+        super().__init__()
+        if variables_per_frame < 1 or lead_times < 1:
+            raise ValueError(f"need >= 1 variable and lead time, got {variables_per_frame}, {lead_times}")
+        self.net = net
+        self.variables_per_frame = variables_per_frame
+        self.lead_times = lead_times
+        self.max_speed = max_speed
+
+    def motion(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Motion (pixels per step, [B, 2, H, W]: u eastward along x, v along rows) and corrections."""
+        out = self.net(x)
+        return torch.tanh(out[:, :2]) * self.max_speed, out[:, 2:]
+
+    def forward(self, x: Tensor) -> Tensor:
+        flow, corrections = self.motion(x)
+        v = self.variables_per_frame
+        last = x[:, -v:]
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
+        cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
+        frames = []
+        for k in range(1, self.lead_times + 1):
+            src_x = cols - k * flow[:, 0]
+            src_y = rows - k * flow[:, 1]
+            grid = torch.stack((2.0 * src_x / max(w - 1, 1) - 1.0, 2.0 * src_y / max(h - 1, 1) - 1.0), dim=-1)
+            advected = F.grid_sample(last, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            frames.append(advected + corrections[:, (k - 1) * v : k * v])
+        return torch.cat(frames, dim=1)
+
+
+NOWCAST_HEADS = ("direct", "residual", "advection")
+
+
 def build_network(meta: dict[str, Any]) -> nn.Module:
-    """The network described by checkpoint metadata (model, channels, settings, wrappers)."""
+    """The network described by checkpoint metadata (model, channels, settings, nowcast head)."""
     in_ch, out_ch = int(meta["in_channels"]), int(meta["out_channels"])
-    net = build_model(str(meta["model_name"]), in_ch, out_ch, **dict(meta.get("model_settings") or {}))
-    if meta.get("residual_on_last_frame"):
-        variables = int(meta.get("variables_per_frame") or 1)
-        net = LastFrameResidual(net, variables, out_ch // variables)
+    settings = dict(meta.get("model_settings") or {})
+    head = str(meta.get("nowcast_head") or "direct")
+    if head not in NOWCAST_HEADS:
+        raise ValueError(f"nowcast_head '{head}' is unknown; known: {list(NOWCAST_HEADS)}")
+    variables = int(meta.get("variables_per_frame") or 1)
+    if head == "advection":
+        backbone = build_model(str(meta["model_name"]), in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
+        return AdvectionNowcast(backbone, variables, out_ch // variables)
+    net = build_model(str(meta["model_name"]), in_ch, out_ch, **settings)
+    if head == "residual":
+        return LastFrameResidual(net, variables, out_ch // variables)
     return net
 

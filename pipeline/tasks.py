@@ -104,7 +104,7 @@ class MeteoTask(L.LightningModule):
             self._build_net(in_channels, out_channels)
 
     # ------------------------------------------------------------------ model
-    residual_on_last_frame: bool = False
+    nowcast_head: str = "direct"
 
     def network_description(self, in_channels: int, out_channels: int) -> dict[str, Any]:
         """What ``build_network`` needs; also recorded in the checkpoint for inference."""
@@ -114,7 +114,7 @@ class MeteoTask(L.LightningModule):
             "model_settings": self.model_settings,
             "in_channels": in_channels,
             "out_channels": out_channels,
-            "residual_on_last_frame": self.residual_on_last_frame,
+            "nowcast_head": self.nowcast_head,
             "variables_per_frame": int(variables),
         }
 
@@ -123,7 +123,7 @@ class MeteoTask(L.LightningModule):
         self.net = build_network(description)
         self.hparams["in_channels"] = in_channels
         self.hparams["out_channels"] = out_channels
-        if self.residual_on_last_frame:
+        if self.nowcast_head != "direct":
             self.hparams["variables_per_frame"] = description["variables_per_frame"]
         if self.use_channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -414,13 +414,14 @@ class NowcastTask(MeteoTask):
         channels_last: bool = False,
         fss_scales: list[int] | None = None,
         time_step_minutes: float = 5.0,
-        residual_on_last_frame: bool = True,
+        nowcast_head: str = "advection",
         variables_per_frame: int | None = None,
     ) -> None:
-        """``residual_on_last_frame``: the network corrects persistence instead of drawing each frame anew."""
+        """``nowcast_head``: ``advection`` (learned motion + semi-Lagrangian extrapolation + correction),
+        ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks."""
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
-        self.residual_on_last_frame = residual_on_last_frame
+        self.nowcast_head = nowcast_head
         super().__init__(
             application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
             baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,

@@ -17,7 +17,9 @@ from meteovision.pipeline.train_cli import build_cli
 pytestmark = pytest.mark.slow
 
 
-def _fit_and_test(app: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> dict[str, dict[str, float]]:
+def _fit_and_test(
+    app: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str
+) -> dict[str, dict[str, float]]:
     monkeypatch.chdir(tmp_path)
     common = ["--config", app, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     build_cli(["fit", *common, *overrides])

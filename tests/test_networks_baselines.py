@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from meteovision.pipeline.baselines import bow_echo_rule, get_baseline, gpi, persistence, texture_filter
-from meteovision.pipeline.networks import LastFrameResidual, build_network
+from meteovision.pipeline.networks import AdvectionNowcast, LastFrameResidual, build_network
 
 
 class _Zero(nn.Module):
@@ -31,11 +31,47 @@ def test_untrained_residual_nowcast_is_exactly_persistence() -> None:
 
 def test_build_network_wraps_only_when_asked_and_keeps_shapes() -> None:
     meta = {"model_name": "halfunet", "in_channels": 4, "out_channels": 6,
-            "model_settings": {"num_filters": 4, "depth": 2}, "residual_on_last_frame": True, "variables_per_frame": 1}
+            "model_settings": {"num_filters": 4, "depth": 2}, "nowcast_head": "residual", "variables_per_frame": 1}
     net = build_network(meta)
     assert isinstance(net, LastFrameResidual)
     assert net(torch.zeros(1, 4, 21, 19)).shape == (1, 6, 21, 19)
-    assert not isinstance(build_network({**meta, "residual_on_last_frame": False}), LastFrameResidual)
+    assert not isinstance(build_network({**meta, "nowcast_head": "direct"}), LastFrameResidual)
+    advection = build_network({**meta, "nowcast_head": "advection"})
+    assert isinstance(advection, AdvectionNowcast)
+    assert advection(torch.zeros(1, 4, 21, 19)).shape == (1, 6, 21, 19)
+    with pytest.raises(ValueError, match="advection"):
+        build_network({**meta, "nowcast_head": "warp"})
+
+
+class _ConstantFlow(nn.Module):
+    """Backbone stand-in: motion atanh(u/6) everywhere (so u pixels per step after tanh * 6), no correction."""
+
+    def __init__(self, u: float, v: float, leads: int) -> None:
+        super().__init__()
+        self.uv = (float(np.arctanh(u / 6.0)), float(np.arctanh(v / 6.0)))
+        self.leads = leads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 2 + self.leads, *x.shape[2:])
+        out[:, 0], out[:, 1] = self.uv
+        return out
+
+
+def test_advection_head_with_zero_motion_is_persistence() -> None:
+    x = torch.rand(2, 3, 16, 20)
+    net = AdvectionNowcast(_ConstantFlow(0.0, 0.0, 4), variables_per_frame=1, lead_times=4)
+    torch.testing.assert_close(net(x), x[:, 2:3].repeat(1, 4, 1, 1))
+
+
+def test_advection_head_moves_the_last_frame_k_steps_along_the_motion() -> None:
+    x = torch.zeros(1, 2, 16, 24)
+    x[0, 1, 6:9, 3:6] = 1.0  # a 3 x 3 cell in the last frame
+    net = AdvectionNowcast(_ConstantFlow(2.0, 1.0, 3), variables_per_frame=1, lead_times=3)
+    out = net(x)
+    for k in (1, 2, 3):  # 2 px east and 1 px south per step
+        expected = torch.zeros(16, 24)
+        expected[6 + k : 9 + k, 3 + 2 * k : 6 + 2 * k] = 1.0
+        torch.testing.assert_close(out[0, k - 1], expected, atol=1e-5, rtol=0)
 
 
 def test_persistence_repeats_last_frame() -> None:
