@@ -31,6 +31,8 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("meteovision.pipeline.train_cli", "validate a checkpoint (LightningCLI)", True),
     "test": Command("meteovision.pipeline.train_cli", "score a checkpoint on the held-out test split (LightningCLI)",
                     True),
+    "predict": Command("meteovision.pipeline.predict_cli", "run a checkpoint over inputs, write CF products"),
+    "export": Command("meteovision.pipeline.export_cli", "export a network to ONNX or TorchScript"),
 }
 
 
