@@ -380,6 +380,11 @@ class _GriddedDataModule(_BaseDataModule):
             self._store = FrameStore(self.frame_index, cache_frames=self.cache_frames)
         return self._store
 
+    @property
+    def grid_spacing_m(self) -> float | None:
+        """Grid spacing of the inputs in metres, recorded in checkpoints for the predict stage's check."""
+        return self.store.grid_spacing()
+
     def _times_and_events(self) -> tuple[np.ndarray, np.ndarray | None]:
         times = self.frame_index.times
         return times, events_from_manifest(times, self.manifest)

@@ -71,6 +71,7 @@ class FrameStore:
         self._cache: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()
         self._shape: tuple[int, int] | None = None
         self._units: dict[str, str] = {}
+        self._spacing: float | None = None
         self.hits = 0
         self.misses = 0
 
@@ -98,6 +99,8 @@ class FrameStore:
         fields: dict[str, np.ndarray] = {}
         aliases: dict[str, str] = {}
         with self.reader(path) as ds:
+            if self._spacing is None and "x" in ds.coords and ds.sizes.get("x", 0) > 1:
+                self._spacing = float(abs(ds["x"].values[1] - ds["x"].values[0]))
             for name, var in ds.data_vars.items():
                 if var.dims[-2:] != ("y", "x"):
                     continue
@@ -124,6 +127,12 @@ class FrameStore:
         if len(self._cache) > self.cache_frames:
             self._cache.popitem(last=False)
         return fields
+
+    def grid_spacing(self) -> float | None:
+        """Spacing of the x coordinate in metres (read from the first frame when not yet known)."""
+        if self._spacing is None and len(self.index):
+            self._fields(self.index.input_files[0][0])
+        return self._spacing
 
     def _files(self, frame: int, source: str) -> tuple[Path, ...]:
         inputs = self.index.input_files[frame]
