@@ -15,6 +15,21 @@ from torch import Tensor, nn
 from meteovision.models import build_model
 
 
+def zero_last_conv(net: nn.Module) -> None:
+    """Zero the output convolution, so a wrapped network starts as exactly its baseline.
+
+    Standard zero-initialisation of a residual branch: training then departs from persistence
+    instead of from a random field that first has to be unlearned. Loading trained weights
+    overwrites it, so inference is unaffected.
+    """
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    if not convs:  # a functional stand-in (tests) has nothing to initialise
+        return
+    nn.init.zeros_(convs[-1].weight)
+    if convs[-1].bias is not None:
+        nn.init.zeros_(convs[-1].bias)
+
+
 class LastFrameResidual(nn.Module):
     """Nowcast as a correction of persistence: output = last input frame (every lead) + net(x).
 
@@ -28,6 +43,7 @@ class LastFrameResidual(nn.Module):
         super().__init__()
         if variables_per_frame < 1 or lead_times < 1:
             raise ValueError(f"need >= 1 variable and lead time, got {variables_per_frame}, {lead_times}")
+        zero_last_conv(net)
         self.net = net
         self.variables_per_frame = variables_per_frame
         self.lead_times = lead_times
@@ -54,6 +70,7 @@ class AdvectionNowcast(nn.Module):
         super().__init__()
         if variables_per_frame < 1 or lead_times < 1:
             raise ValueError(f"need >= 1 variable and lead time, got {variables_per_frame}, {lead_times}")
+        zero_last_conv(net)
         self.net = net
         self.variables_per_frame = variables_per_frame
         self.lead_times = lead_times

@@ -115,3 +115,13 @@ def test_texture_filter_flags_rough_clutter_and_speckle_but_keeps_smooth_rain() 
 def test_unknown_baseline_lists_the_known_ones() -> None:
     with pytest.raises(KeyError, match="persistence"):
         get_baseline("magic")
+
+
+def test_wrapped_registry_backbone_starts_as_persistence() -> None:
+    meta = {"model_name": "deeplabv3plus", "in_channels": 3, "out_channels": 4, "variables_per_frame": 1,
+            "model_settings": {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": 16,
+                               "encoder_output_stride": 8}}
+    x = torch.randn(2, 3, 32, 40)
+    for head in ("advection", "residual"):
+        net = build_network({**meta, "nowcast_head": head}).eval()
+        torch.testing.assert_close(net(x), x[:, 2:3].repeat(1, 4, 1, 1), atol=1e-5, rtol=0)
