@@ -132,8 +132,28 @@ def run_app(app: str, out: Path, seed: int, train: bool, epochs: int | None) -> 
     if reports:
         result.test_report = json.loads(reports[-1].read_text())
     print(result.table)
+    products = out / "products" / app
+    predict = _run(_cli("predict", "--checkpoint", str(ckpt), "--input", *_demo_inputs(data_dir, app),
+                        "--output", str(products), "--quicklook", "--overwrite", "--no-progress",
+                        *(["--latest"] if app.startswith("nowcast") else [])), out, log_path)
+    if predict.returncode != 0:
+        result.ok, result.error = False, f"predict failed (exit {predict.returncode}); see {log_path}"
+        return result
+    result.outputs = sorted(p for p in products.iterdir() if p.suffix in (".nc", ".png", ".csv", ".json"))
+    print(f"products of {app}: " + ", ".join(p.name for p in result.outputs))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _demo_inputs(data_dir: Path, app: str) -> list[str]:
+    """The files the demo predicts on: the latest frames of the sample data (the test events)."""
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    files = sorted(str(p) for pattern in manifest["inputs"] for p in data_dir.glob(pattern))
+    if app.startswith("nowcast"):
+        return files[-8:]
+    if app.startswith("webcam"):
+        return files[-6:]
+    return files[-2:]
 
 
 def write_report(results: list[AppResult], out: Path) -> Path:
