@@ -62,11 +62,17 @@ class AdvectionNowcast(nn.Module):
     the border held where air comes in from outside the domain) plus its correction. With zero
     motion and zero correction it is exactly Eulerian persistence, so training starts from the
     baseline and learns motion first: the physics pysteps' extrapolation encodes by hand.
+    Without corrections (head ``lagrangian``) it is Lagrangian persistence with learned motion:
+    intensities are kept, only positions move, so a short training cannot drift towards dry.
     """
 
     extra_channels = 2
 
-    def __init__(self, net: nn.Module, variables_per_frame: int, lead_times: int, max_speed: float = 6.0) -> None:
+    def __init__(
+        self, net: nn.Module, variables_per_frame: int, lead_times: int, max_speed: float = 6.0,
+        corrections: bool = True,
+        flow_smoothing: int = 8,
+    ) -> None:
         super().__init__()
         if variables_per_frame < 1 or lead_times < 1:
             raise ValueError(f"need >= 1 variable and lead time, got {variables_per_frame}, {lead_times}")
@@ -75,11 +81,19 @@ class AdvectionNowcast(nn.Module):
         self.variables_per_frame = variables_per_frame
         self.lead_times = lead_times
         self.max_speed = max_speed
+        self.corrections = corrections
+        self.flow_smoothing = flow_smoothing
 
     def motion(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Motion (pixels per step, [B, 2, H, W]: u eastward along x, v along rows) and corrections."""
         out = self.net(x)
-        return torch.tanh(out[:, :2]) * self.max_speed, out[:, 2:]
+        flow = torch.tanh(out[:, :2]) * self.max_speed
+        r = self.flow_smoothing
+        if r > 0:
+            # Motion fields are smooth: a box mean over (2r+1)^2 pixels keeps the network from steering
+            # single pixels towards dry sources, which a pixel-wise loss would otherwise reward.
+            flow = F.avg_pool2d(F.pad(flow, (r, r, r, r), mode="replicate"), kernel_size=2 * r + 1, stride=1)
+        return flow, out[:, 2:]
 
     def forward(self, x: Tensor) -> Tensor:
         flow, corrections = self.motion(x)
@@ -94,11 +108,11 @@ class AdvectionNowcast(nn.Module):
             src_y = rows - k * flow[:, 1]
             grid = torch.stack((2.0 * src_x / max(w - 1, 1) - 1.0, 2.0 * src_y / max(h - 1, 1) - 1.0), dim=-1)
             advected = F.grid_sample(last, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            frames.append(advected + corrections[:, (k - 1) * v : k * v])
+            frames.append(advected + corrections[:, (k - 1) * v : k * v] if self.corrections else advected)
         return torch.cat(frames, dim=1)
 
 
-NOWCAST_HEADS = ("direct", "residual", "advection")
+NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian")
 
 
 def build_network(meta: dict[str, Any]) -> nn.Module:
@@ -109,9 +123,9 @@ def build_network(meta: dict[str, Any]) -> nn.Module:
     if head not in NOWCAST_HEADS:
         raise ValueError(f"nowcast_head '{head}' is unknown; known: {list(NOWCAST_HEADS)}")
     variables = int(meta.get("variables_per_frame") or 1)
-    if head == "advection":
+    if head in ("advection", "lagrangian"):
         backbone = build_model(str(meta["model_name"]), in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
-        return AdvectionNowcast(backbone, variables, out_ch // variables)
+        return AdvectionNowcast(backbone, variables, out_ch // variables, corrections=head == "advection")
     net = build_model(str(meta["model_name"]), in_ch, out_ch, **settings)
     if head == "residual":
         return LastFrameResidual(net, variables, out_ch // variables)

@@ -414,10 +414,11 @@ class NowcastTask(MeteoTask):
         channels_last: bool = False,
         fss_scales: list[int] | None = None,
         time_step_minutes: float = 5.0,
-        nowcast_head: str = "advection",
+        nowcast_head: str = "lagrangian",
         variables_per_frame: int | None = None,
     ) -> None:
-        """``nowcast_head``: ``advection`` (learned motion + semi-Lagrangian extrapolation + correction),
+        """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
+        (the same plus a learned correction per lead),
         ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks."""
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
