@@ -33,6 +33,14 @@ COMMANDS: dict[str, Command] = {
                     True),
     "predict": Command("meteovision.pipeline.predict_cli", "run a checkpoint over inputs, write CF products"),
     "export": Command("meteovision.pipeline.export_cli", "export a network to ONNX or TorchScript"),
+    "explain": Command("meteovision.pipeline.explain_cli", "what conv filters respond to, where a prediction looks"),
+    "operational": Command("meteovision.workflows.operational_cli",
+                           "one operational tick (or a --watch loop): new inputs -> ledger -> products"),
+    "batch-predict": Command("meteovision.workflows.batch_predict",
+                             "the predict stage over many files on several GPUs/nodes (Lightning DDP)"),
+    "retrain": Command("meteovision.workflows.retrain",
+                       "retrain on new data, compare with the current model, promote if better"),
+    "models": Command("meteovision.workflows.model_registry", "list versioned models, roll back the current one"),
 }
 
 

@@ -1,0 +1,429 @@
+"""Explain: filter visualisation raises the filter's response, finds a known pattern, leaves the network
+alone and repeats itself; saliency is exactly the gradient and zero where the prediction cannot look.
+
+Networks are tiny (random conv nets, two-level Half-UNets, depth-3 smp encoders) and the ascent
+short, so the module runs in well under a minute on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from meteovision.datasets.readers import open_dataset
+from meteovision.models import build_model
+from meteovision.pipeline.checkpoints import load_inference_model
+from meteovision.pipeline.cli import main
+from meteovision.pipeline.explain import (
+    AscentSettings,
+    ExplainError,
+    conv_layers,
+    encoder_ends,
+    explain_for_report,
+    frozen,
+    parse_filters,
+    resolve_layer,
+    visualize_filters,
+)
+from meteovision.pipeline.explain_saliency import (
+    Region,
+    class_saliency,
+    parse_region,
+    region_saliency,
+)
+from meteovision.pipeline.predict_inputs import InputSpec, read_frames
+from meteovision.pipeline.predict_outputs import output_path
+from meteovision.tests.test_netcdf_writer import run_cf_checker
+from meteovision.tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
+
+FAST = AscentSettings(steps=100)
+SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Two cores are shared by several test runs: keep torch to one thread here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bow(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return bow_checkpoint(tmp_path_factory.mktemp("bow"))
+
+
+@pytest.fixture(scope="module")
+def nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return nowcast_checkpoint(tmp_path_factory.mktemp("nowcast"))
+
+
+@pytest.fixture(scope="module")
+def webcam(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return webcam_checkpoint(tmp_path_factory.mktemp("webcam"))
+
+
+def random_convnet() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1, bias=False),
+    )
+
+
+def registry_net(name: str) -> nn.Module:
+    torch.manual_seed(1)
+    settings: dict[str, dict[str, object]] = {
+        "halfunet": {"num_filters": 4, "depth": 2},
+        "unet": {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (16, 8, 4)},
+        "deeplabv3plus": {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": 16},
+        "vgg11": {"hidden_features": 16},
+        "resnet18": {},
+    }
+    return build_model(name, 2, 3, **settings[name])
+
+
+def same_rms_noise_activation(net: nn.Module, layer: str, filters: list[int], inputs: np.ndarray) -> np.ndarray:
+    """Mean activation (border left out as in the ascent) of white noise at the optimised inputs' RMS.
+
+    Averaged over 8 draws: the spatial mean of one draw fluctuates about as much as it is large.
+    """
+    generator = torch.Generator().manual_seed(123)
+    rms = torch.from_numpy(inputs).pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    store: list[torch.Tensor] = []
+    handle = dict(net.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.append(out))
+    with frozen(net), torch.no_grad():
+        for _ in range(8):
+            noise = torch.randn(inputs.shape, generator=generator)
+            net(noise / noise.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * rms)
+    handle.remove()
+    maps = torch.stack([out[torch.arange(len(filters)), torch.tensor(filters)] for out in store])
+    h, w = maps.shape[-2:]
+    dy, dx = min(h // 8, (h - 1) // 2), min(w // 8, (w - 1) // 2)
+    return maps[..., dy : h - dy, dx : w - dx].mean(dim=(-2, -1)).mean(dim=0).numpy()
+
+
+# ----------------------------------------------------------------------------- activation maximisation
+
+
+@pytest.mark.parametrize("name", ["convnet", "halfunet", "unet"])
+@pytest.mark.parametrize("end", ["first", "last"])
+def test_ascent_raises_the_filter_activation(name: str, end: str) -> None:
+    net = random_convnet() if name == "convnet" else registry_net(name)
+    layer = resolve_layer(conv_layers(net, 2, 32), end).name
+    filters = [0, 1, 2, 3]
+    result = visualize_filters(net, layer, filters, 2, 32, FAST, seed=0)
+    assert result.inputs.shape == (4, 2, 32, 32)
+    assert np.abs(result.inputs).max() <= FAST.clamp
+    gains = result.gains
+    np.testing.assert_allclose(gains, result.final_activation / result.initial_scale, rtol=1e-6)
+    # Some filters of a random network are hardly excitable (mostly negative weights after a ReLU),
+    # so the 5-fold gain is asked of the typical filter; every filter must still rise.
+    assert np.median(gains) >= 5, gains
+    assert (result.final_activation > result.initial_activation).all()
+    # Not just a louder input: white noise of the same RMS excites every filter less.
+    control = same_rms_noise_activation(net, layer, filters, result.inputs)
+    assert (result.final_activation > control).all(), (result.final_activation, control)
+
+
+def sobel_net(kernel: torch.Tensor) -> nn.Module:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 1))
+    with torch.no_grad():
+        net[0].weight[0, 0] = kernel
+        net[0].bias[0] = 0.0
+    return net
+
+
+def edge_statistics(image: np.ndarray) -> tuple[float, float, float]:
+    """(mean |d/dx| / mean |d/dy|, lowest correlation of a row with the mean row, r with sign(x - centre))."""
+    ratio = float(np.abs(np.diff(image, axis=1)).mean() / np.abs(np.diff(image, axis=0)).mean())
+    mean_row = image.mean(axis=0)
+    rows = min(float(np.corrcoef(row, mean_row)[0, 1]) for row in image)
+    n = image.shape[1]
+    step = np.broadcast_to(np.sign(np.arange(n) - (n - 1) / 2), image.shape)
+    return ratio, rows, float(np.corrcoef(image.ravel(), step.ravel())[0, 1])
+
+
+def test_sobel_x_filter_gives_a_vertical_edge() -> None:
+    """Known answer: a hand-set Sobel-x filter is excited by dark-left / bright-right (a vertical edge)."""
+    result = visualize_filters(sobel_net(SOBEL_X), "0", [0], 1, 32, AscentSettings(steps=60), seed=0)
+    ratio, rows, r = edge_statistics(result.inputs[0, 0])
+    assert ratio > 2.5
+    assert rows > 0.5
+    assert r > 0.5
+    # The same test on the transposed filter (Sobel-y, a horizontal-edge detector) finds the transpose.
+    result_y = visualize_filters(sobel_net(SOBEL_X.T), "0", [0], 1, 32, AscentSettings(steps=60), seed=0)
+    ratio_y, rows_y, r_y = edge_statistics(result_y.inputs[0, 0].T)
+    assert ratio_y > 2.5 and rows_y > 0.5 and r_y > 0.5
+    assert edge_statistics(result_y.inputs[0, 0])[0] < 0.5
+
+
+def test_network_stays_frozen_and_is_restored() -> None:
+    net = registry_net("halfunet")
+    net.train()
+    params = dict(net.named_parameters())
+    params["net.head.bias"].requires_grad_(False)  # a mixed set of flags must come back as it was
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in net.named_parameters()}
+    seen: list[tuple[bool, bool]] = []
+
+    def watch(module: nn.Module, _i: object) -> None:
+        seen.append((module.training, any(p.requires_grad for p in net.parameters())))
+
+    handle = net.net.encoders[1][1][0].register_forward_pre_hook(watch)  # the visualised conv
+    visualize_filters(net, "net.encoders.1.1.0", [0, 1], 2, 16, AscentSettings(steps=5), seed=0)
+    handle.remove()
+    assert seen and all(state == (False, False) for state in seen)  # eval mode, nothing trainable
+    after = net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN buffers bitwise
+    assert {k: p.requires_grad for k, p in net.named_parameters()} == flags
+    assert net.training
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_same_seed_same_inputs() -> None:
+    net = random_convnet()
+    settings = AscentSettings(steps=10)
+    a = visualize_filters(net, "2", [0, 5], 2, 24, settings, seed=3)
+    b = visualize_filters(net, "2", [0, 5], 2, 24, settings, seed=3)
+    c = visualize_filters(net, "2", [0, 5], 2, 24, settings, seed=4)
+    assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.gains, b.gains)
+    assert not np.array_equal(a.inputs, c.inputs)
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "last", "unused"),
+    [
+        ("halfunet", "net.encoders.0.0.0", "net.encoders.1.1.0", 0),
+        ("unet", "net.encoder.conv1", "net.encoder.layer2.1.conv2", 10),
+        ("deeplabv3plus", "net.encoder.conv1", "net.encoder.layer2.1.conv2", 10),
+        ("vgg11", "features.0", "features.18", 0),
+        ("resnet18", "conv1", "layer4.1.conv2", 0),
+    ],
+)
+def test_every_registry_model_lists_and_visualises(name: str, first: str, last: str, unused: int) -> None:
+    net = registry_net(name)
+    layers = conv_layers(net, 2, 32)
+    ends = encoder_ends(layers)
+    assert (ends[0].name, ends[1].name) == (first, last)
+    assert [info.mark for info in layers if info.mark] == ["first encoder", "last encoder"]
+    assert sum(info.part == "unused" for info in layers) == unused
+    assert [info.depth for info in layers] == list(range(len(layers)))
+    assert layers[0].scale == (0.5 if "conv1" in first else 1.0)
+    result = visualize_filters(net, last, [0, 1], 2, 32, AscentSettings(steps=3), seed=0)
+    assert result.inputs.shape == (2, 2, 32, 32) and np.isfinite(result.final_activation).all()
+
+
+def test_bad_requests_raise_clear_errors() -> None:
+    net = random_convnet()
+    assert parse_filters("0-2,5,1", 8) == [0, 1, 2, 5]
+    with pytest.raises(ExplainError, match=r"filters \[8\] do not exist"):
+        parse_filters("6-8", 8)
+    with pytest.raises(ExplainError, match="not an index or a range"):
+        parse_filters("a-b", 8)
+    with pytest.raises(ExplainError, match="not a Conv2d layer"):
+        visualize_filters(net, "1", [0], 2, 16, FAST, seed=0)  # the ReLU
+    with pytest.raises(ExplainError, match="do not exist"):
+        visualize_filters(net, "4", [4], 2, 16, FAST, seed=0)
+    with pytest.raises(ExplainError, match="steps must be >= 1"):
+        AscentSettings(steps=0)
+    assert parse_region("3:7,:5", (10, 12)) == Region(3, 7, 0, 5)
+    assert parse_region(None, (10, 12)) == Region(0, 10, 0, 12)
+    with pytest.raises(ExplainError, match="leaves the 10 x 12 grid"):
+        parse_region("3:11,0:5", (10, 12))
+    with pytest.raises(ExplainError, match="expected y0:y1,x0:x1"):
+        parse_region("3-7", (10, 12))
+
+
+# ----------------------------------------------------------------------------- saliency
+
+
+class WindowNet(nn.Module):
+    """Looks at input channel 0 only, through one 3x3 filter, inside rows 8:24 and columns 6:20."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(1.0, 10.0).view(1, 1, 3, 3))
+        mask = torch.zeros(1, 1, 32, 32)
+        mask[..., 8:24, 6:20] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[:, :1] * self.mask)
+
+
+def test_saliency_is_the_gradient_and_zero_outside_the_receptive_field() -> None:
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(2, 32, 32)).astype(np.float32)
+    region = Region(10, 14, 10, 16)
+    grad = region_saliency(WindowNet(), inputs, 0, region)
+    # Hand-computed golden: d/dx[i, j] of sum over the region of sum_ab w[a, b] x[p + a - 1, q + b - 1].
+    w = np.arange(1.0, 10.0).reshape(3, 3)
+    expected = np.zeros((32, 32))
+    for p in range(region.y0, region.y1):
+        for q in range(region.x0, region.x1):
+            expected[p - 1 : p + 2, q - 1 : q + 2] += w
+    window = np.zeros((32, 32))
+    window[8:24, 6:20] = 1.0
+    np.testing.assert_allclose(grad[0], expected * window, rtol=1e-6)
+    assert np.count_nonzero(grad[0]) == 6 * 8  # rows 9:15, columns 9:17
+    assert not grad[1].any()  # channel 1 is never looked at
+    # A region whose receptive field misses the window sees nothing at all.
+    assert not region_saliency(WindowNet(), inputs, 0, Region(27, 32, 0, 32)).any()
+
+
+def test_class_saliency_follows_the_predicted_class() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -2.0]]).view(2, 3, 1, 1))
+    inputs = np.zeros((3, 4, 5), dtype=np.float32)
+    inputs[2] = -1.0  # class 1's logit 2 beats class 0's 0
+    grad, k, logits = class_saliency(net, inputs)
+    assert k == 1 and np.allclose(logits, [0.0, 2.0])
+    np.testing.assert_allclose(grad, np.stack([np.zeros((4, 5)), np.zeros((4, 5)), np.full((4, 5), -0.1)]))
+    grad0, k0, _ = class_saliency(net, inputs, class_index=0)
+    assert k0 == 0 and np.allclose(grad0[0], 0.05) and not grad0[1:].any()
+
+
+# ----------------------------------------------------------------------------- command line on checkpoints
+
+
+def test_cli_layers_lists_and_marks(bow: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "layers", "--checkpoint", str(bow.checkpoint)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: line for line in lines[2:]}
+    assert list(rows) == ["net.encoders.0.0.0", "net.encoders.0.1.0", "net.encoders.1.0.0", "net.encoders.1.1.0",
+                          "net.decoder.0.0", "net.decoder.1.0", "net.head"]
+    assert rows["net.encoders.0.0.0"].split()[:6] == ["0", "net.encoders.0.0.0", "1", "4", "3x3", "1"]
+    assert rows["net.encoders.0.0.0"].endswith("encoder (first encoder)")
+    assert rows["net.encoders.1.1.0"].split()[5] == "1/2" and rows["net.encoders.1.1.0"].endswith("(last encoder)")
+    assert rows["net.head"].split()[3:5] == ["1", "1x1"] and rows["net.head"].endswith("decoder")
+
+
+def test_cli_filters_writes_png_and_npz_reproducibly(bow: Trained, tmp_path: Path) -> None:
+    args = ["explain", "filters", "--checkpoint", str(bow.checkpoint), "--layer", "last", "--filters", "0-2",
+            "--size", "32", "--steps", "12", "--seed", "7"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    stem = "filters_net.encoders.1.1.0"
+    png = (tmp_path / "a" / f"{stem}.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with np.load(tmp_path / "a" / f"{stem}.npz") as a, np.load(tmp_path / "b" / f"{stem}.npz") as b:
+        assert a["inputs"].shape == (3, 1, 32, 32)
+        assert a["filters"].tolist() == [0, 1, 2]
+        assert a["channel_names"].tolist() == ["RATE"] and str(a["layer"]) == "net.encoders.1.1.0"
+        np.testing.assert_allclose(a["gains"], a["final_activation"] / a["initial_scale"], rtol=1e-6)
+        for key in ("inputs", "gains", "initial_activation", "final_activation"):
+            assert np.array_equal(a[key], b[key]), key
+    # The npz holds what the Python API computes for the same checkpoint, layer and seed.
+    model = load_inference_model(bow.checkpoint)
+    direct = visualize_filters(model.net, "net.encoders.1.1.0", [0, 1, 2], 1, 32,
+                               AscentSettings(steps=12), seed=7)
+    with np.load(tmp_path / "a" / f"{stem}.npz") as a:
+        assert np.array_equal(a["inputs"], direct.inputs)
+
+
+def test_cli_errors_exit_2(bow: Trained, webcam: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["explain", "filters", "--checkpoint", str(bow.checkpoint), "--out", str(tmp_path)]
+    assert main([*base, "--layer", "nope"]) == 2
+    assert "no Conv2d layer named 'nope'" in capsys.readouterr().err
+    assert main([*base, "--layer", "first", "--filters", "0-9"]) == 2
+    assert "do not exist: the layer has 4 filters" in capsys.readouterr().err
+    image = webcam.inputs("images")[0]
+    assert main(["explain", "saliency", "--checkpoint", str(webcam.checkpoint), "--input", str(image),
+                 "--region", "0:4,0:4", "--out", str(tmp_path)]) == 2
+    assert "--region does not apply" in capsys.readouterr().err
+    assert main(["explain", "saliency", "--checkpoint", str(bow.checkpoint), "--input", str(tmp_path / "x.h5"),
+                 "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_saliency_segmentation(bow: Trained, tmp_path: Path) -> None:
+    source = bow.inputs("radar")[4]
+    out = tmp_path / "products"
+    assert main(["explain", "saliency", "--checkpoint", str(bow.checkpoint), "--input", str(source),
+                 "--region", "10:20,10:30", "--out", str(out)]) == 0
+    model = load_inference_model(bow.checkpoint)
+    frame, physical = read_frames(source, InputSpec.from_meta(model.meta))[0]
+    product = output_path(model, frame.time, "netcdf", out)  # where `predict` writes this time's product
+    nc_path = product.with_name(product.stem + "_saliency.nc")
+    assert nc_path.is_file() and nc_path.with_suffix(".png").is_file()
+    stats = model.input_stats()
+    assert stats is not None
+    expected = np.abs(region_saliency(model.net, stats.normalize(physical), 0, Region(10, 20, 10, 30)))[0]
+    with xr.open_dataset(nc_path) as ds, open_dataset(source) as src:
+        saliency = ds["saliency_RATE"]
+        assert saliency.attrs["units"] == "1" and saliency.attrs["grid_mapping"] == "crs"
+        assert "rows 10:20, columns 10:30" in saliency.attrs["long_name"]
+        assert "of the logit of 'bow_echo_mask' with respect to normalised input channel 'RATE'" in \
+            saliency.attrs["long_name"]
+        np.testing.assert_array_equal(ds["x"].values, src["x"].values)
+        np.testing.assert_array_equal(ds["y"].values, src["y"].values)
+        assert ds["time"].values[0] == src["time"].values[0]
+        values = saliency.values[0]
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-9)
+    assert values[10:20, 10:30].max() > 0
+    # The two-level Half-UNet sees at most 11 pixels away: rows from 36 and columns from 46 are out of reach.
+    assert not values[36:, :].any() and not values[:, 46:].any()
+
+
+@pytest.mark.filterwarnings("ignore:The ioos_sos checker:DeprecationWarning")
+def test_cli_saliency_nowcast_window_is_cf(nowcast: Trained, tmp_path: Path) -> None:
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    assert main(["explain", "saliency", "--checkpoint", str(nowcast.checkpoint), "--input",
+                 str(nowcast.data / "radar"), "--output-channel", "1", "--out", str(tmp_path)]) == 0
+    (nc_path,) = tmp_path.glob("*_saliency.nc")
+    latest = nowcast.inputs("radar")[-1]
+    with open_dataset(latest) as src:
+        latest_time = src["time"].values[0]
+    with netCDF4.Dataset(nc_path) as nc:
+        names = [v for v in nc.variables if v.startswith("saliency_")]
+        assert names == ["saliency_RATE_t_10min", "saliency_RATE_t_5min", "saliency_RATE_t_0min"]
+        long_name = nc["saliency_RATE_t_0min"].long_name  # output channel 1 = the second lead time
+        assert "the whole domain of the 'RATE_t+10min' in normalised target units" in long_name
+        assert "input channel 'RATE_t+0min'" in long_name
+        inputs = json.loads(nc.meteovision_input_files)
+    assert inputs == [p.name for p in nowcast.inputs("radar")[-3:]]
+    with xr.open_dataset(nc_path) as ds:
+        assert ds["time"].values[0] == latest_time
+        # Persistence is added to the last frame: its saliency is 1 in every pixel plus the learnt part.
+        assert float(ds["saliency_RATE_t_0min"].mean()) > float(ds["saliency_RATE_t_10min"].mean())
+    CheckSuite.load_all_available_checkers()
+    passed, failures, _ = run_cf_checker(ComplianceChecker, nc_path)
+    assert passed and not failures, failures
+
+
+def test_cli_saliency_classifier(webcam: Trained, tmp_path: Path) -> None:
+    image = webcam.inputs("images")[0]
+    assert main(["explain", "saliency", "--checkpoint", str(webcam.checkpoint), "--input", str(image),
+                 "--out", str(tmp_path)]) == 0
+    with np.load(tmp_path / f"{image.stem}_saliency.npz") as data:
+        assert data["gradient"].shape == (3, 32, 32)
+        assert int(data["class_index"]) == int(np.argmax(data["logits"]))
+        assert np.array_equal(data["saliency"], np.abs(data["gradient"])) and data["saliency"].max() > 0
+        assert data["channel_names"].tolist() == ["red", "green", "blue"]
+    assert (tmp_path / f"{image.stem}_saliency.png").is_file()
+
+
+def test_explain_for_report(bow: Trained, tmp_path: Path) -> None:
+    paths = explain_for_report(bow.checkpoint, tmp_path)
+    assert [p.name for p in paths] == ["filters_net.encoders.0.0.0.png", "filters_net.encoders.1.1.0.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    with np.load(tmp_path / "filters_net.encoders.0.0.0.npz") as data:
+        assert data["filters"].tolist() == [0, 1, 2, 3]  # 8 asked, the tiny net has 4
