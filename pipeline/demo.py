@@ -1,8 +1,9 @@
 """``meteovision demo``: the whole chain on built-in synthetic data, for every application.
 
 For each application: write sample data, summarise its tensors, train briefly from the
-application's packaged config, score the test split beside the classic baseline, and, where
-the inference stage is installed, predict to CF NetCDF with quicklooks. A Markdown report
+application's packaged config, score the test split beside the classic baseline, predict the
+latest frames to CF NetCDF with quicklooks, and draw what the first and last encoder filters
+respond to. A Markdown report
 lists what was written where. Each training run is a subprocess with the working folder set
 to the demo folder, so the configs' relative paths (``sample_data/<app>``, ``runs/<app>``)
 land inside it and a crash in one application does not stop the others.
@@ -141,6 +142,13 @@ def run_app(app: str, out: Path, seed: int, train: bool, epochs: int | None) -> 
         return result
     result.outputs = sorted(p for p in products.iterdir() if p.suffix in (".nc", ".png", ".csv", ".json"))
     print(f"products of {app}: " + ", ".join(p.name for p in result.outputs))
+    from meteovision.datasets.errors import MeteovisionError
+    from meteovision.pipeline.explain import explain_for_report
+
+    try:
+        result.outputs += explain_for_report(ckpt, out / "explain" / app)
+    except MeteovisionError as err:
+        log.warning("%s: filter visualisation skipped: %s", app, err)
     result.seconds = time.perf_counter() - started
     return result
 
