@@ -4,13 +4,12 @@ The checkpoints are tiny nowcast Half-UNets fitted for two batches on synthetic 
 their skill is not the point, the engine is: reading real files, refusing what does not fit,
 running the full grid, and writing products on the input grid with nodata where the input has none.
 
-* OPERA (RATE, LAEA 2 km, 15 min): the synthetic checkpoint steps by 5 min and is refused on the
-  15-min series; a copy whose metadata declares the 15-min step (same weights) then runs on
-  the full 2200 x 1900 domain.
-* FMI (DBZH, EPSG:3067, 250 m): the checkpoint records the 1 km spacing it was trained at
-  (written into its metadata: the datamodules do not record it yet), so the 250 m frames are
-  refused unless ``ignore_grid_spacing`` (``--ignore-grid-spacing``) is given; then the full
-  4963 x 7316 frame is predicted (about 35 s on one CPU thread: marked slow).
+* OPERA (RATE, LAEA 2 km, 15 min): a copy of the synthetic checkpoint whose metadata declares
+  the 2 km spacing (same weights) is still refused on the 15-min series because it steps by
+  5 min; a copy that also declares the 15-min step then runs on the full 2200 x 1900 domain.
+* FMI (DBZH, EPSG:3067, 250 m): the checkpoint records the 1 km spacing it was trained at,
+  so the 250 m frames are refused unless ``ignore_grid_spacing`` (``--ignore-grid-spacing``)
+  is given; then the full 4963 x 7316 frame is predicted (about 35 s on one CPU thread: marked slow).
 """
 
 from __future__ import annotations
@@ -44,7 +43,9 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def rate_nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return nowcast_checkpoint(tmp_path_factory.mktemp("rate"))
+    root = tmp_path_factory.mktemp("rate")
+    trained = nowcast_checkpoint(root)
+    return Trained(trained.data, with_meta(trained.checkpoint, root / "rate_2km.ckpt", grid_spacing_m=2000.0))
 
 
 @pytest.fixture(scope="module")
