@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
                     True),
     "predict": Command("meteovision.pipeline.predict_cli", "run a checkpoint over inputs, write CF products"),
     "export": Command("meteovision.pipeline.export_cli", "export a network to ONNX or TorchScript"),
+    "evaluate": Command("meteovision.pipeline.evaluate_cli",
+                        "score nowcast methods (network, persistence, LK, S-PROG) per lead time on radar data"),
     "explain": Command("meteovision.pipeline.explain_cli", "what conv filters respond to, where a prediction looks"),
     "operational": Command("meteovision.workflows.operational_cli",
                            "one operational tick (or a --watch loop): new inputs -> ledger -> products"),

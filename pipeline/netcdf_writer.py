@@ -3,7 +3,8 @@
 Layout of one file:
 
 * ``crs``: grid-mapping variable, ``pyproj.CRS.to_cf()`` plus ``crs_wkt``;
-* ``x``, ``y``: projection coordinates (m); ``lat``, ``lon``: 2-D auxiliary coordinates;
+* ``x``, ``y``: projection coordinates (m); ``lat``, ``lon``: 2-D auxiliary coordinates (float32,
+  computed and stored in blocks of rows, so a national grid never needs them whole in memory);
 * a nowcast has dimension ``leadtime`` (``forecast_period``, minutes) with ``time(leadtime)``
   the valid time and ``forecast_reference_time`` a scalar;
 * an analysis has dimension ``time`` of length 1, with ``forecast_reference_time(time)`` and
@@ -28,6 +29,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ import numpy as np
 from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf
 from meteovision.pipeline.products import (
     Product,
+    ProductGrid,
     ProductVariable,
     WriterError,
     lead_minutes,
@@ -55,6 +58,9 @@ FLOAT_FILL = np.float32(-9999.0)
 INT_FILL = np.int8(-1)
 COMPRESSION: dict[str, Any] = {"zlib": True, "complevel": 4, "shuffle": True}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Side of the square lat/lon chunks; lat/lon are computed one row of chunks at a time. On a 250 m national
+#: grid, 512 x 512 chunks compress better than full-width rows or netCDF's default chunks (51, 75, 62 MB).
+LATLON_CHUNK = 512
 
 
 def _meteovision_version() -> str:
@@ -145,12 +151,35 @@ def _write_grid(nc: netCDF4.Dataset, product: Product) -> None:
         })
         var[:] = values
 
-    lon, lat = grid.lonlat()
-    for name, values, std, units in (("lat", lat, "latitude", "degrees_north"),
-                                     ("lon", lon, "longitude", "degrees_east")):
-        var = nc.createVariable(name, "f4", ("y", "x"), fill_value=FLOAT_FILL, **COMPRESSION)
+    ny, nx = grid.shape
+    side = max(2, LATLON_CHUNK)
+    rows = min(ny, side)
+    lat_var, lon_var = (
+        nc.createVariable(name, "f4", ("y", "x"), fill_value=FLOAT_FILL, chunksizes=(rows, min(nx, side)),
+                          **COMPRESSION)
+        for name in ("lat", "lon")
+    )
+    for var, std, units in ((lat_var, "latitude", "degrees_north"), (lon_var, "longitude", "degrees_east")):
         var.setncatts({"standard_name": std, "long_name": std, "units": units})
-        var[:] = np.where(np.isnan(values), FLOAT_FILL, values).astype(np.float32)
+    for start, stop, lon, lat in _lonlat_blocks(grid, rows):
+        for var, values in ((lat_var, lat), (lon_var, lon)):
+            var[start:stop, :] = np.where(np.isnan(values), FLOAT_FILL, values).astype(np.float32)
+
+
+def _lonlat_blocks(grid: ProductGrid, rows: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(start, stop, lon, lat)`` of the grid's rows ``start:stop``, ``rows`` at a time (one row of chunks).
+
+    Each block is :meth:`ProductGrid.lonlat` of the sub-grid of those rows, so the values are the
+    whole grid's; but only one block's float64 arrays and temporaries exist at a time (the whole
+    grid's took about 1.3 GB on a 7316 x 4963 national composite). A block needs two rows (a
+    ``ProductGrid`` does), so a single last row is computed with the row before it.
+    """
+    ny = grid.shape[0]
+    for start in range(0, ny, rows):
+        stop = min(start + rows, ny)
+        first = min(start, stop - 2)
+        lon, lat = ProductGrid(grid.x, grid.y[first:stop], grid.crs).lonlat()
+        yield start, stop, lon[start - first :], lat[start - first :]
 
 
 def _write_times(nc: netCDF4.Dataset, product: Product) -> tuple[str, str]:

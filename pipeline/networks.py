@@ -96,20 +96,41 @@ class AdvectionNowcast(nn.Module):
         return flow, out[:, 2:]
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.extrapolate(x, self.lead_times)
+
+    def extrapolate(self, x: Tensor, n_leads: int) -> Tensor:
+        """Leads 1..n_leads: the trained leads, then the same advection continued for longer nowcasts.
+
+        Up to ``lead_times`` this is :meth:`forward`. Beyond, no correction was learned: lead k is the
+        last frame advected k steps plus lead M's correction advected the k - M steps after it (its
+        growth or decay carried along), so a lagrangian head gives Lagrangian persistence at any lead.
+        """
+        if n_leads < 1:
+            raise ValueError(f"n_leads must be >= 1, got {n_leads}")
         flow, corrections = self.motion(x)
-        v = self.variables_per_frame
+        v, m = self.variables_per_frame, self.lead_times
         last = x[:, -v:]
-        h, w = x.shape[-2:]
-        rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
-        cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
         frames = []
-        for k in range(1, self.lead_times + 1):
-            src_x = cols - k * flow[:, 0]
-            src_y = rows - k * flow[:, 1]
-            grid = torch.stack((2.0 * src_x / max(w - 1, 1) - 1.0, 2.0 * src_y / max(h - 1, 1) - 1.0), dim=-1)
-            advected = F.grid_sample(last, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            frames.append(advected + corrections[:, (k - 1) * v : k * v] if self.corrections else advected)
+        for k in range(1, n_leads + 1):
+            advected = self._advect(last, flow, k)
+            if self.corrections:
+                j = min(k, m)
+                advected = advected + self._advect(corrections[:, (j - 1) * v : j * v], flow, k - j)
+            frames.append(advected)
         return torch.cat(frames, dim=1)
+
+    @staticmethod
+    def _advect(field: Tensor, flow: Tensor, steps: int) -> Tensor:
+        """``field`` taken ``steps`` steps back along ``flow`` (bilinear, border values held)."""
+        if steps == 0:
+            return field
+        h, w = field.shape[-2:]
+        rows = torch.arange(h, device=field.device, dtype=field.dtype).view(1, h, 1)
+        cols = torch.arange(w, device=field.device, dtype=field.dtype).view(1, 1, w)
+        src_x = cols - steps * flow[:, 0]
+        src_y = rows - steps * flow[:, 1]
+        grid = torch.stack((2.0 * src_x / max(w - 1, 1) - 1.0, 2.0 * src_y / max(h - 1, 1) - 1.0), dim=-1)
+        return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian")
