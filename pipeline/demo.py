@@ -173,7 +173,10 @@ def _demo_inputs(data_dir: Path, app: str) -> list[str]:
 
 def write_report(results: list[AppResult], out: Path) -> Path:
     """Markdown summary: per application, the data, the checkpoint, the scores and the products."""
-    lines = ["# meteovision demo report", ""]
+    lines = ["# meteovision demo report", "",
+             "Each model here trained for a minute or two (`DEMO_BUDGET` in `pipeline/demo.py`), so a classic",
+             "baseline may still win: the demo shows the chain, not the skill. The full configs' scores, where",
+             "every model beats its baseline, are in the README (`benchmarks/skill.py` reproduces them).", ""]
     lines += ["| application | status | time (s) | checkpoint |", "|---|---|---|---|"]
     for r in results:
         status = "ok" if r.ok else f"FAILED: {r.error}"
