@@ -300,6 +300,31 @@ def test_lat_lon_at_known_points(tmp_path: Path) -> None:
         assert lat.mask.sum() == 4
 
 
+@pytest.mark.parametrize("crs", [TM35FIN, GEOS], ids=["tm35fin", "geos_off_globe"])
+def test_lat_lon_written_in_row_blocks_equal_the_whole_grid(
+    crs: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lat/lon are computed in blocks of rows (bounded memory on national grids): the whole grid's values.
+
+    3 x 3 chunks on a 7 x 9 grid: blocks of rows 0-2, 3-5 and a single last row 6, three chunks across.
+    """
+    monkeypatch.setattr(netcdf_writer, "LATLON_CHUNK", 3)
+    x0, y0, step = (300_000.0, 7_000_000.0, 1000.0) if crs is TM35FIN else (-5.5e6, 5.5e6, 1.2e6)
+    g = ProductGrid(x0 + step * np.arange(9), y0 - step * np.arange(7), crs)
+    path = write_zeros(g, tmp_path / "blocks.nc")
+    lon, lat = g.lonlat()
+    with netCDF4.Dataset(path) as nc:
+        nc.set_auto_mask(False)
+        for name, whole in (("lat", lat), ("lon", lon)):
+            assert nc[name].chunking() == [3, 3]
+            expected = np.where(np.isnan(whole), netcdf_writer.FLOAT_FILL, whole).astype(np.float32)
+            np.testing.assert_array_equal(nc[name][:], expected)
+    if crs is TM35FIN:
+        assert np.isfinite(lat).all()
+    else:  # the disk reaches ~5.4e6 m from its centre: row 0 (y = 5.5e6) and (-5.5e6, -1.7e6) lie off it
+        assert np.isnan(lat[0]).all() and np.isnan(lat[6, 0]) and np.isfinite(lat[3, 4])
+
+
 def test_chunks_and_compression(tmp_path: Path) -> None:
     path = write_product_netcdf(rain_nowcast(), tmp_path / "rain.nc")
     with netCDF4.Dataset(path) as nc:
