@@ -1,0 +1,227 @@
+"""``meteovision evaluate``: every method on the same analysis times and mask, tables, plots, maps, real OPERA.
+
+The fast tests run on small hand-made CF NetCDF frames (a static rain field with a no-data
+corner), so persistence is exactly right and every score can be checked; the network is a tiny
+lagrangian Half-UNet fitted for two batches (its skill is not the point). The real-data test
+runs persistence and LK on the OPERA test window of ``configs/evaluate_opera.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.cli import main
+from meteovision.pipeline.evaluate import (
+    EvaluationError,
+    analysis_indices,
+    coarsen_blocks,
+    dbz_to_rate,
+    load_config,
+    run_evaluation,
+)
+from meteovision.tests.conftest import NcFile, write_netcdf
+from meteovision.tests.test_predict import nowcast_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:Singular matrix during outlier detection:UserWarning")
+
+STEP_MIN = 5
+N_FRAMES = 8
+SHAPE = (40, 48)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _static_field() -> np.ndarray:
+    """Rain blobs from 0 to ~12 mm h-1 with a no-data corner (outside radar coverage)."""
+    yy, xx = np.mgrid[0 : SHAPE[0], 0 : SHAPE[1]].astype(np.float64)
+    rain = 12.0 * np.exp(-((yy - 15) ** 2 + (xx - 20) ** 2) / 40.0)
+    rain += 3.0 * np.exp(-((yy - 28) ** 2 + (xx - 34) ** 2) / 30.0)
+    rain[rain < 0.1] = 0.0
+    rain[:8, -10:] = np.nan
+    return rain.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("frames")
+    field = _static_field()
+    x = 4_000_000.0 + 1000.0 * np.arange(SHAPE[1]) + 500.0
+    y = 3_000_000.0 - 1000.0 * np.arange(SHAPE[0]) - 500.0
+    for i in range(N_FRAMES):
+        stamp = f"2024-01-02T12:{i * STEP_MIN:02d}:00"
+        write_netcdf(folder / f"rate_{i:02d}.nc", NcFile(values=field[None], times=(stamp,), x=x, y=y, packed=False))
+    return folder
+
+
+def _config(tmp_path: Path, frames_dir: Path, **changes: object) -> Path:
+    cfg: dict[str, object] = {
+        "name": "static test", "data_root": str(frames_dir), "inputs": "rate_*.nc", "variable": "RATE",
+        "time_step_minutes": STEP_MIN, "last_frames": 6, "past_frames": 3, "max_lead_minutes": 10,
+        "fss_scales_km": [1, 4], "table_fss_scale_km": 4, "methods": ["persistence", "lk"],
+        "map_leads_minutes": [5, 10], "maps": "last", "output_dir": str(tmp_path / "out"),
+    }
+    cfg.update(changes)
+    path = tmp_path / "evaluate.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return nowcast_checkpoint(tmp_path_factory.mktemp("net")).checkpoint
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluate_writes_tables_plots_and_maps_for_every_method(
+    tmp_path: Path, frames_dir: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, frames_dir)
+    assert main(["evaluate", "--config", str(config), "--checkpoint", str(checkpoint)]) == 0
+    out = tmp_path / "out"
+    printed = capsys.readouterr().out
+    assert "| lead | method | CSI 1 | POD 1 | FAR 1 | CSI 5 | FSS 1 mm h-1, 4km | MAE (mm h-1) | pixels |" in printed
+    for method in ("network", "persistence", "lk"):
+        assert f"| +5 min | {method} |" in printed and f"| +10 min | {method} |" in printed
+    names = {p.name for p in out.iterdir()}
+    assert {"scores.json", "scores.csv", "scores.md", "skill_vs_lead_csi_1.png", "skill_vs_lead_csi_5.png",
+            "skill_vs_lead_fss_1mm_4km.png", "skill_vs_lead_mae.png",
+            "maps_20240102T1225Z_+5min.png", "maps_20240102T1225Z_+10min.png"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary file left behind
+
+    doc = json.loads((out / "scores.json").read_text())
+    # 6 frames in the test window (12:10-12:35), 3 past + 2 future: analysis at 12:20 and 12:25
+    assert doc["analysis_times"] == ["2024-01-02T12:20Z", "2024-01-02T12:25Z"]
+    assert doc["methods"] == ["network", "persistence", "lk"]
+    assert doc["lead_minutes"] == [5.0, 10.0]
+    assert len(doc["checkpoint"]["sha256"]) == 64
+    assert [w["pixels"] for w in doc["fss_windows"]] == [1, 5]
+    valid = int(np.isfinite(_static_field()).sum())
+    n = doc["n_samples"]
+    # two analysis times; the no-data corner is never scored (with no motion, nothing else is lost)
+    assert n["5"] == n["10"] == 2 * valid
+    # persistence of a static field is exact
+    persistence = doc["scores"]["persistence"]
+    for lead in ("5", "10"):
+        assert persistence[lead]["csi@1"] == 1.0 and persistence[lead]["csi@5"] == 1.0
+        assert persistence[lead]["far@1"] == 0.0 and persistence[lead]["mae"] == 0.0
+        assert persistence[lead]["fss@1_4km"] == pytest.approx(1.0)
+        assert persistence[lead]["analysis_times"] == 2
+
+    rows = _csv_rows(out / "scores.csv")
+    assert list(rows[0]) == ["method", "lead_minutes", "metric", "value", "n_samples"]
+    samples: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        samples.setdefault((row["lead_minutes"], row["metric"]), set()).add(row["n_samples"])
+    assert all(len(v) == 1 for v in samples.values())  # the same pixels for every method
+    assert {r["method"] for r in rows} == {"network", "persistence", "lk"}
+    assert samples[("5", "csi@1")] == {str(n["5"])}
+
+
+def test_baselines_only_without_checkpoint_and_lk_right_on_a_static_field(tmp_path: Path, frames_dir: Path) -> None:
+    cfg = load_config(_config(tmp_path, frames_dir, maps="none", methods=["persistence", "lk"]))
+    result = run_evaluation(cfg)
+    assert result.methods == ["persistence", "lk"]
+    assert result.maps == []
+    for k in range(result.n_leads):
+        assert result.value("lk", k, "csi@1") > 0.95  # no motion found, so LK keeps the field
+        assert result.value("persistence", k, "csi@1") == 1.0
+        np.testing.assert_array_equal(result.accumulators["lk"].n_pixels, result.accumulators["persistence"].n_pixels)
+
+
+def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--config", "--checkpoint", "--data-root", "--output", "--max-lead-minutes", "--maps"):
+        assert option in text
+
+
+def test_bad_configs_are_refused_with_the_file_named(
+    tmp_path: Path, frames_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, frames_dir, colour="red")
+    with pytest.raises(EvaluationError, match=r"evaluate\.yaml: colour: Extra inputs are not permitted"):
+        load_config(path)
+    path = _config(tmp_path, frames_dir, methods=["persistence", "magic"])
+    with pytest.raises(EvaluationError, match=r"unknown method\(s\) \['magic'\]"):
+        load_config(path)
+    path = _config(tmp_path, frames_dir, max_lead_minutes=7)
+    with pytest.raises(EvaluationError, match="not a whole number of 5-min steps"):
+        run_evaluation(load_config(path))
+    path = _config(tmp_path, frames_dir, inputs="nothing_*.h5")
+    assert main(["evaluate", "--config", str(path)]) == 2
+    assert "no file matches 'nothing_*.h5'" in capsys.readouterr().err
+    path = _config(tmp_path, frames_dir, variable="DBZH")
+    with pytest.raises(MeteovisionError, match=r"rate_00\.nc: variables \['DBZH'\] are not 2-D fields"):
+        run_evaluation(load_config(path))
+    path = _config(tmp_path, frames_dir, methods=["persistence", "network"])
+    with pytest.raises(EvaluationError, match="method 'network' needs a checkpoint"):
+        run_evaluation(load_config(path))
+    path = _config(tmp_path, frames_dir, last_frames=4)
+    with pytest.raises(EvaluationError, match="no analysis time has 3 past and 2 future frames"):
+        run_evaluation(load_config(path))
+
+
+def test_analysis_times_stay_inside_the_window_and_skip_gaps() -> None:
+    times = np.array([f"2024-01-02T12:{m:02d}" for m in (0, 5, 10, 15, 20, 30, 35, 40, 45)], dtype="datetime64[ns]")
+    inside = np.ones(times.size, dtype=bool)
+    # 2 past + 1 future, exact 5-min steps: t0 at 12:05, 12:10 (12:15 needs 12:20 -> ok), 12:35, 12:40
+    assert [str(times[i])[11:16] for i in analysis_indices(times, inside, 5.0, 2, 1)] == [
+        "12:05", "12:10", "12:15", "12:35", "12:40"]
+    inside[:3] = False
+    assert [str(times[i])[11:16] for i in analysis_indices(times, inside, 5.0, 2, 1)] == ["12:35", "12:40"]
+
+
+def test_coarsening_averages_valid_cells_in_linear_units() -> None:
+    values = np.array([[[1.0, 3.0, 5.0], [np.nan, 2.0, 7.0], [9.0, 9.0, 9.0]]], dtype=np.float32)
+    np.testing.assert_allclose(coarsen_blocks(values, 2, linear_db=False), [[[2.0]]])  # mean of 1, 3, 2
+    dbz = np.array([[[10.0, 20.0], [np.nan, np.nan]]], dtype=np.float32)
+    expected = 10 * np.log10((10.0 + 100.0) / 2)  # mean of Z = 10 and 100 mm6 m-3
+    np.testing.assert_allclose(coarsen_blocks(dbz, 2, linear_db=True), [[[expected]]], rtol=1e-6)
+    assert np.isnan(coarsen_blocks(np.full((1, 2, 2), np.nan, dtype=np.float32), 2, linear_db=False)).all()
+
+
+def test_dbz_to_rate_is_marshall_palmer_type() -> None:
+    rate = dbz_to_rate(np.array([10 * np.log10(223.0), 10 * np.log10(223.0 * 10**1.53), np.nan]))
+    np.testing.assert_allclose(rate[:2], [1.0, 10.0], rtol=1e-5)
+    assert np.isnan(rate[2])
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_opera_lk_beats_persistence_at_30_min(shared_data: Path, tmp_path: Path) -> None:
+    cfg = load_config("evaluate_opera", data_root=shared_data, output_dir=tmp_path, max_lead_minutes=30,
+                      methods=("persistence", "lk"), maps="none")
+    result = run_evaluation(cfg)
+    assert len(result.analysis_times) == 7  # 21:45-23:15: 4 past and 2 future frames inside 21:00-23:45
+    assert str(result.analysis_times[0]).startswith("2018-08-24T21:45")
+    k30 = 1
+    assert result.lead_minutes(k30) == 30.0
+    n = result.accumulators["lk"].n_pixels
+    assert (n > 100_000).all()
+    np.testing.assert_array_equal(n, result.accumulators["persistence"].n_pixels)
+    # the rain band over northern France moves east at about 7 px (15 km) per 15 min: extrapolation wins
+    assert result.value("lk", k30, "csi@1") > result.value("persistence", k30, "csi@1") + 0.1
+    assert result.value("lk", k30, "mae") < result.value("persistence", k30, "mae")
