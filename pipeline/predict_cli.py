@@ -17,8 +17,17 @@ from pathlib import Path
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
+from meteovision.pipeline.predict import PRECISIONS
 from meteovision.pipeline.predict_inputs import expand_inputs
 from meteovision.pipeline.predict_outputs import OUTPUT_FORMATS
+
+PRECISION_HELP = (
+    "the network's arithmetic: auto (default) = bf16 autocast on CUDA, float32 on the CPU; 32 = float32 "
+    "everywhere; bf16 = bf16 autocast on any device. On the CPU, bf16 is faster only on CPUs with native "
+    "bf16 (AVX-512 BF16 or AMX; emulated, and slower, elsewhere) and changes outputs slightly "
+    "(probabilities by ~1e-2); outputs are still accumulated and written as float32. The products record "
+    "the precision used"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context margin per tile side in pixels (default 64, or tile-size/4 if smaller)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles (or images) per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (bf16 autocast on CUDA)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--threshold", type=float, default=0.5, help="segmentation: probability for the mask")
     parser.add_argument("--ignore-grid-spacing", action="store_true",
                         help="run on inputs whose grid spacing differs from the checkpoint's (warn only)")
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
             threshold=args.threshold, ignore_grid_spacing=args.ignore_grid_spacing, latest_only=args.latest,
             max_gap_minutes=args.max_gap_minutes,
-            progress=progress, institution=args.institution,
+            progress=progress, institution=args.institution, precision=args.precision,
         )
         model = load_inference_model(args.checkpoint)
         files, missing = expand_inputs(args.input)

@@ -135,7 +135,7 @@ def classify(model: InferenceModel, images: Sequence[Image], settings: PredictSe
         tensor = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                                    enabled=settings.on_cuda):
+                                                    enabled=settings.autocast_dtype is not None):
             logits = model.net(tensor)
         out.append(logits.detach().to("cpu", torch.float32).numpy())
     return softmax(np.concatenate(out), axis=1).astype(np.float32)
@@ -166,7 +166,7 @@ def _documents(model: InferenceModel, images: Sequence[Image], probs: np.ndarray
         "checkpoint_sha256": model.sha256,
         "class_names": classes,
         "config": {"image_size": size, "device": settings.device, "batch_size": settings.batch_size,
-                   "normalization": model.meta.get("normalization")},
+                   "precision": settings.precision_used, "normalization": model.meta.get("normalization")},
         "package_versions": default_package_versions(),
         "training_versions": model.meta.get("versions") or {},
         "images": rows,

@@ -41,6 +41,7 @@ from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_inference_mode
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.predict import (
+    PRECISIONS,
     Outcome,
     PredictError,
     PredictReport,
@@ -240,6 +241,30 @@ def test_settings_refuse_bad_values(tmp_path: Path) -> None:
         PredictSettings(tmp_path, threshold=1.0)
     with pytest.raises(PredictError, match="device"):
         PredictSettings(tmp_path, device="tpu")
+    with pytest.raises(PredictError, match=r"precision 'fp16' unknown; choose one of auto, 32, bf16"):
+        PredictSettings(tmp_path, precision="fp16")  # type: ignore[arg-type]
+
+
+def test_precision_resolves_per_device(tmp_path: Path) -> None:
+    """auto: bf16 autocast on CUDA only; bf16 on any device; 32 never (settings only: no GPU needed)."""
+    resolved = {(precision, device): (PredictSettings(tmp_path, device=device, precision=precision).autocast_dtype,
+                                      PredictSettings(tmp_path, device=device, precision=precision).precision_used)
+                for precision in PRECISIONS for device in ("cpu", "cuda:1")}
+    assert resolved == {("auto", "cpu"): (None, "32"), ("auto", "cuda:1"): (torch.bfloat16, "bf16"),
+                        ("32", "cpu"): (None, "32"), ("32", "cuda:1"): (None, "32"),
+                        ("bf16", "cpu"): (torch.bfloat16, "bf16"), ("bf16", "cuda:1"): (torch.bfloat16, "bf16")}
+    assert PredictSettings(tmp_path).precision == "auto"
+
+
+def test_bad_precision_on_the_command_line_is_a_usage_error(
+    bow: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--checkpoint", str(bow.checkpoint), "--input", str(bow.inputs("radar")[0]),
+              "--output", str(tmp_path), "--precision", "fp16"])
+    assert exit_info.value.code == ExitCode.USAGE_ERROR
+    assert "argument --precision: invalid choice: 'fp16'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -285,6 +310,7 @@ def test_segmentation_writes_the_models_probability_and_mask_with_nodata(
         config = json.loads(nc.meteovision_config)
     assert config["threshold"] == 0.5 and config["input_variables"] == ["RATE"]
     assert config["checkpoint"] == "bow.ckpt" and config["input_transforms"] == ["log1p"]
+    assert (config["precision"], config["precision_requested"]) == ("32", "auto")  # auto: float32 on the CPU
 
 
 def test_threshold_moves_the_mask(bow: Trained, tmp_path: Path) -> None:
@@ -295,6 +321,34 @@ def test_threshold_moves_the_mask(bow: Trained, tmp_path: Path) -> None:
     a, b = product(low), product(high)
     np.testing.assert_array_equal(a["bow_echo_mask"].values, (a["bow_echo_probability"].values >= 0.05))
     np.testing.assert_array_equal(b["bow_echo_mask"].values, (b["bow_echo_probability"].values >= 0.95))
+
+
+def test_bf16_on_the_cpu_stays_close_to_float32_and_is_recorded(bow: Trained, tmp_path: Path) -> None:
+    """``--precision bf16`` runs bf16 autocast on the CPU: probabilities within 0.05, still float32 on disk."""
+    src = bow.inputs("radar")[3]
+    assert main(["predict", "--checkpoint", str(bow.checkpoint), "--input", str(src),
+                 "--output", str(tmp_path / "bf16"), "--precision", "bf16"]) == ExitCode.OK
+    model = load_inference_model(bow.checkpoint)
+    f32 = only(predict_file(model, src, PredictSettings(tmp_path / "f32", precision="32"))).outputs[0]
+    (bf16,) = (tmp_path / "bf16").glob("*.nc")
+    assert bf16.name == f32.name
+
+    p32, p16 = (product(path)["bow_echo_probability"].values for path in (f32, bf16))
+    valid = ~np.isnan(p32)
+    assert np.array_equal(valid, ~np.isnan(p16)) and valid.sum() > 1000
+    diff = np.abs(p32[valid] - p16[valid])
+    assert 0 < diff.max() < 0.05  # different arithmetic really ran, and it stays close
+    assert diff.mean() < 0.01
+    configs = {}
+    for name, path in (("32", f32), ("bf16", bf16)):
+        with netCDF4.Dataset(path) as nc:
+            assert nc["bow_echo_probability"].dtype == np.float32
+            assert nc["bow_echo_mask"].dtype == np.int8
+            configs[name] = json.loads(nc.meteovision_config)
+    assert (configs["bf16"]["precision"], configs["bf16"]["precision_requested"]) == ("bf16", "bf16")
+    assert configs["bf16"]["tiling"]["autocast"] == "torch.bfloat16"
+    assert (configs["32"]["precision"], configs["32"]["precision_requested"]) == ("32", "32")
+    assert configs["32"]["tiling"]["autocast"] == "none"
 
 
 def test_geotiff_holds_the_same_values_on_the_input_grid(bow: Trained, tmp_path: Path) -> None:
@@ -618,6 +672,7 @@ def test_webcam_classification_writes_class_probabilities_per_image(
     doc = json.loads(json_path.read_text())
     assert doc["class_names"] == ["none", "partial", "full"] and doc["checkpoint_sha256"] == model.sha256
     assert doc["config"]["image_size"] == 32  # taken from the checkpoint's datamodule arguments
+    assert doc["config"]["precision"] == "32"  # float32 on the CPU unless --precision bf16
 
     first = next(r for r in doc["images"] if r["file"] == images[0].name)
     with open_dataset(images[0]) as ds:

@@ -36,6 +36,8 @@ from torch.utils.data import Dataset, Sampler
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
+from meteovision.pipeline.predict import PRECISIONS
+from meteovision.pipeline.predict_cli import PRECISION_HELP
 from meteovision.pipeline.predict_outputs import OUTPUT_FORMATS
 
 if TYPE_CHECKING:
@@ -317,6 +319,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="segmentation: probability for the mask")
     parser.add_argument("--institution", default="meteovision", help="the products' institution attribute")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -328,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         settings = PredictSettings(
             output_dir=args.output, format=args.format, overwrite=args.overwrite, quicklook=args.quicklook,
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
-            threshold=args.threshold, institution=args.institution,
+            threshold=args.threshold, institution=args.institution, precision=args.precision,
         )
         if not args.checkpoint.is_file():
             raise BatchPredictError(f"{args.checkpoint}: no such checkpoint file")
