@@ -4,7 +4,8 @@ Layout of one file:
 
 * ``crs``: grid-mapping variable, ``pyproj.CRS.to_cf()`` plus ``crs_wkt``;
 * ``x``, ``y``: projection coordinates (m); ``lat``, ``lon``: 2-D auxiliary coordinates (float32,
-  computed and stored in blocks of rows, so a national grid never needs them whole in memory);
+  computed and stored in blocks of rows, so a national grid never needs them whole in memory; grids up
+  to 2048 x 2048 keep them cached, so a run of many products on one grid projects them once);
 * a nowcast has dimension ``leadtime`` (``forecast_period``, minutes) with ``time(leadtime)``
   the valid time and ``forecast_reference_time`` a scalar;
 * an analysis has dimension ``time`` of length 1, with ``forecast_reference_time(time)`` and
@@ -26,9 +27,12 @@ the product, so a rerun writes the same content.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +65,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Side of the square lat/lon chunks; lat/lon are computed one row of chunks at a time. On a 250 m national
 #: grid, 512 x 512 chunks compress better than full-width rows or netCDF's default chunks (51, 75, 62 MB).
 LATLON_CHUNK = 512
+#: lat/lon depend on the grid only: a run writing many products on one grid (an operational tick, a batch,
+#: a nowcast series) projects them once. Only grids up to this size are kept (2 x 16 MiB each for 2048 x 2048),
+#: so a 250 m national grid still streams its lat/lon block by block; the last few grids are kept.
+LATLON_CACHE_MAX_PIXELS = 2048 * 2048
+LATLON_CACHE_GRIDS = 2
+_latlon_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_latlon_lock = threading.Lock()
 
 
 def _meteovision_version() -> str:
@@ -161,9 +172,49 @@ def _write_grid(nc: netCDF4.Dataset, product: Product) -> None:
     )
     for var, std, units in ((lat_var, "latitude", "degrees_north"), (lon_var, "longitude", "degrees_east")):
         var.setncatts({"standard_name": std, "long_name": std, "units": units})
+    cached = _cached_lonlat(grid, rows)
+    if cached is not None:
+        lon_var[:], lat_var[:] = cached
+        return
     for start, stop, lon, lat in _lonlat_blocks(grid, rows):
         for var, values in ((lat_var, lat), (lon_var, lon)):
-            var[start:stop, :] = np.where(np.isnan(values), FLOAT_FILL, values).astype(np.float32)
+            var[start:stop, :] = _filled(values)
+
+
+def _filled(values: np.ndarray) -> np.ndarray:
+    """float32 with ``FLOAT_FILL`` where the projection has no lat/lon."""
+    return np.where(np.isnan(values), FLOAT_FILL, values).astype(np.float32)
+
+
+def _grid_key(grid: ProductGrid) -> str:
+    digest = hashlib.sha256(grid.crs.to_wkt().encode())
+    digest.update(grid.x.tobytes())
+    digest.update(grid.y.tobytes())
+    return digest.hexdigest()
+
+
+def _cached_lonlat(grid: ProductGrid, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Filled float32 ``(lon, lat)`` of a grid of at most ``LATLON_CACHE_MAX_PIXELS``, projected once per grid."""
+    ny, nx = grid.shape
+    if ny * nx > LATLON_CACHE_MAX_PIXELS:
+        return None
+    key = _grid_key(grid)
+    with _latlon_lock:
+        hit = _latlon_cache.get(key)
+        if hit is not None:
+            _latlon_cache.move_to_end(key)
+            return hit
+    lon_all = np.empty((ny, nx), np.float32)
+    lat_all = np.empty((ny, nx), np.float32)
+    for start, stop, lon, lat in _lonlat_blocks(grid, rows):
+        lon_all[start:stop], lat_all[start:stop] = _filled(lon), _filled(lat)
+    for values in (lon_all, lat_all):
+        values.flags.writeable = False
+    with _latlon_lock:
+        _latlon_cache[key] = (lon_all, lat_all)
+        while len(_latlon_cache) > LATLON_CACHE_GRIDS:
+            _latlon_cache.popitem(last=False)
+    return lon_all, lat_all
 
 
 def _lonlat_blocks(grid: ProductGrid, rows: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:

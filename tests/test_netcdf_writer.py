@@ -309,6 +309,7 @@ def test_lat_lon_written_in_row_blocks_equal_the_whole_grid(
     3 x 3 chunks on a 7 x 9 grid: blocks of rows 0-2, 3-5 and a single last row 6, three chunks across.
     """
     monkeypatch.setattr(netcdf_writer, "LATLON_CHUNK", 3)
+    monkeypatch.setattr(netcdf_writer, "LATLON_CACHE_MAX_PIXELS", 0)  # the streaming path of national grids
     x0, y0, step = (300_000.0, 7_000_000.0, 1000.0) if crs is TM35FIN else (-5.5e6, 5.5e6, 1.2e6)
     g = ProductGrid(x0 + step * np.arange(9), y0 - step * np.arange(7), crs)
     path = write_zeros(g, tmp_path / "blocks.nc")
@@ -323,6 +324,33 @@ def test_lat_lon_written_in_row_blocks_equal_the_whole_grid(
         assert np.isfinite(lat).all()
     else:  # the disk reaches ~5.4e6 m from its centre: row 0 (y = 5.5e6) and (-5.5e6, -1.7e6) lie off it
         assert np.isnan(lat[0]).all() and np.isnan(lat[6, 0]) and np.isfinite(lat[3, 4])
+
+
+def test_lat_lon_are_projected_once_per_grid_and_the_cache_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many products on one grid (a tick, a batch) project lat/lon once; other grids get their own."""
+    calls: list[tuple[int, int]] = []
+    real = ProductGrid.lonlat
+
+    def counting(self: ProductGrid) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(self.shape)
+        return real(self)
+
+    monkeypatch.setattr(ProductGrid, "lonlat", counting)
+    monkeypatch.setattr(netcdf_writer, "_latlon_cache", type(netcdf_writer._latlon_cache)())
+    grids = [ProductGrid(300_000.0 + 1000.0 * np.arange(9), 7_000_000.0 - 1000.0 * np.arange(7) - k * 1e5, TM35FIN)
+             for k in range(3)]
+    written = [write_zeros(grids[0], tmp_path / f"same{i}.nc") for i in range(3)]
+    assert len(calls) == 1
+    with netCDF4.Dataset(written[0]) as first, netCDF4.Dataset(written[2]) as third:
+        np.testing.assert_array_equal(first["lat"][:], third["lat"][:])
+    for k in (1, 2):
+        with netCDF4.Dataset(write_zeros(grids[k], tmp_path / f"other{k}.nc")) as nc:
+            lon, lat = real(grids[k])
+            np.testing.assert_allclose(nc["lat"][:], lat, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(nc["lon"][:], lon, rtol=0, atol=1e-5)
+    assert len(calls) == 3 and len(netcdf_writer._latlon_cache) == netcdf_writer.LATLON_CACHE_GRIDS
 
 
 def test_chunks_and_compression(tmp_path: Path) -> None:
