@@ -169,7 +169,7 @@ def test_saved_config_is_the_resolved_config(seg_run: SegRun) -> None:
     assert saved["trainer"]["max_epochs"] == given["trainer"]["max_epochs"] == 1
     assert saved["model"]["class_path"] == "meteovision.pipeline.tasks.SegmentationTask"
     assert saved["model"]["init_args"]["model_settings"] == {"num_filters": 8, "depth": 3}
-    assert saved["model"]["init_args"]["loss"] == {"name": "bce_dice", "pos_weight": 2.0}
+    assert saved["model"]["init_args"]["loss"] == {"name": "bce_dice", "pos_weight": 5.0}
     # the command-line override, not the YAML's relative path
     assert saved["data"]["init_args"]["data_dir"] == str(seg_run.data_dir)
     # resolved: defaults the YAML left out are written too
