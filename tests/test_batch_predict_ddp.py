@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from meteovision.datasets.readers import open_dataset
@@ -27,16 +25,9 @@ from meteovision.tests.test_ddp import Result, run_meteovision
 from meteovision.tests.test_predict import bow_checkpoint, nowcast_checkpoint, with_meta
 from meteovision.workflows.batch_predict import BatchPredictError, ShardSampler, predict_unit, read_records, shard
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_INPUTS = 5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread in this process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import statistics
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +28,8 @@ import torch
 from meteovision.datasets.readers import open_dataset
 from meteovision.pipeline.tiling import predict_domain
 from meteovision.tests.conftest import FMI_XML, dbzh_raw, write_geotiff
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
 SIZE = 48
@@ -46,15 +47,6 @@ def bench() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fake_shared_data(root: Path) -> Path:

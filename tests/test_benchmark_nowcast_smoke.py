@@ -11,16 +11,16 @@ import importlib.util
 import json
 import statistics
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 import yaml
 
 from meteovision.pipeline.checkpoints import load_inference_model
 from meteovision.pipeline.networks import AdvectionNowcast
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "nowcast.py"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "nowcast_precip.yaml"
@@ -36,15 +36,6 @@ def bench() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_checkpoint_is_the_configured_network(bench: ModuleType, tmp_path: Path) -> None:

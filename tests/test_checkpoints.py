@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +37,8 @@ from meteovision.pipeline.cli import main
 from meteovision.pipeline.tasks import SegmentationTask
 from meteovision.pipeline.train_cli import RUN_KEY, MeteoCLI, build_cli
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONFIG = Path(__file__).resolve().parent / "configs" / "tiny_seg.yaml"
 SAMPLE = SampleSettings(size=32, events=5, frames_per_event=8)
 UNET_SETTINGS: dict[str, Any] = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 4]}
@@ -57,14 +58,6 @@ class Trained:
     def task(self) -> SegmentationTask:
         assert isinstance(self.cli.model, SegmentationTask)
         return self.cli.model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def data_config(data_dir: Path, **changes: Any) -> dict[str, Any]:

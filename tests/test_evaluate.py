@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from meteovision.datasets.errors import MeteovisionError
@@ -31,19 +29,14 @@ from meteovision.pipeline.evaluate import (
 from meteovision.tests.conftest import NcFile, write_netcdf
 from meteovision.tests.test_predict import nowcast_checkpoint
 
-pytestmark = pytest.mark.filterwarnings("ignore:Singular matrix during outlier detection:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Singular matrix during outlier detection:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 STEP_MIN = 5
 N_FRAMES = 8
 SHAPE = (40, 48)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _static_field() -> np.ndarray:

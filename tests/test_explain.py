@@ -8,7 +8,6 @@ short, so the module runs in well under a minute on one CPU thread.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import netCDF4
@@ -44,17 +43,10 @@ from meteovision.pipeline.predict_outputs import output_path
 from meteovision.tests.test_netcdf_writer import run_cf_checker
 from meteovision.tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FAST = AscentSettings(steps=100)
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +34,13 @@ from meteovision.pipeline.nowcast_methods import (
 from meteovision.pipeline.predict import infer_field
 from meteovision.tests.test_predict import nowcast_checkpoint, with_meta
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 96
 DX, DY = 2.0, 1.0  # pixels per step, eastward and southward
 #: (row, col, sigma px, peak mm h-1) of the cells at t = 0
 CELLS = ((30.0, 22.0, 7.0, 12.0), (58.0, 32.0, 5.0, 6.0), (40.0, 48.0, 4.0, 20.0))
 LEADS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cells(t: float, size: int = SIZE) -> np.ndarray:

@@ -22,14 +22,12 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from meteovision.pipeline.atomic import is_valid_netcdf
@@ -54,6 +52,8 @@ from meteovision.workflows.operational_config import (
 )
 from meteovision.workflows.watch import parse_interval, watch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 #: Event 1 of the bow-echo sample data (seed 1) runs 23:25 ... 23:50 on 2022-06-03.
 BOW_NOW = datetime(2022, 6, 4, 0, 0, tzinfo=UTC)
@@ -61,14 +61,6 @@ PRODUCT = "meteovision_bow_echo_halfunet_{:%Y%m%dT%H%MZ}.nc"
 
 
 # ----------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

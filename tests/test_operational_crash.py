@@ -26,7 +26,6 @@ from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.tests.test_operational import (
     BOW_NOW,
     PRODUCT,
-    _one_thread,
     bow,
     config_dict,
     copy_inputs,
@@ -39,7 +38,9 @@ from meteovision.tests.test_predict import Trained
 from meteovision.workflows.operational import run_tick
 from meteovision.workflows.operational_config import load_config
 
-__all__ = ["_one_thread", "bow"]  # fixtures shared with test_operational
+__all__ = ["bow"]  # fixture shared with test_operational
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: Runs the CLI after the imports; pauses the n-th atomic rename (argv: marker, n, go-file, CLI args...).
 WRAPPER = r"""

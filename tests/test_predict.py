@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +55,8 @@ from meteovision.pipeline.predict_inputs import InputMismatchError, expand_input
 from meteovision.pipeline.tasks import ClassificationTask, NowcastTask, RegressionTask, SegmentationTask
 from meteovision.pipeline.tiling import predict_domain
 from meteovision.tests.test_netcdf_writer import run_cf_checker
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SAMPLE = SampleSettings(size=48, events=3, frames_per_event=6)
 HALFUNET = {"num_filters": 4, "depth": 2}
@@ -130,15 +131,6 @@ def with_meta(src: Path, dst: Path, **changes: Any) -> Path:
     ckpt[CHECKPOINT_KEY].update(changes)
     torch.save(ckpt, dst)
     return dst
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two cores are shared by several test runs: keep torch to one thread here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

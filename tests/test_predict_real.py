@@ -14,13 +14,11 @@ running the full grid, and writing products on the input grid with nodata where 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyproj
 import pytest
-import torch
 import xarray as xr
 
 from meteovision.datasets.conventions import crs_of
@@ -30,15 +28,7 @@ from meteovision.pipeline.predict import PredictSettings, predict_sequence
 from meteovision.pipeline.predict_inputs import InputMismatchError
 from meteovision.tests.test_predict import Trained, nowcast_checkpoint, only, with_meta
 
-pytestmark = pytest.mark.realdata
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

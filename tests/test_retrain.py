@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +23,11 @@ from meteovision.pipeline.cli import main
 from meteovision.workflows.model_registry import ModelRegistry, ModelVersion, RegistryError
 from meteovision.workflows.retrain import RetrainResult, RetrainSettings, is_better, retrain
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONFIG = Path(__file__).resolve().parent / "configs" / "tiny_seg.yaml"
 SAMPLE = SampleSettings(size=32, events=5, frames_per_event=8)
 METRIC = "cont/csi@0.5"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fake_checkpoint(path: Path, text: str) -> Path:

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from meteovision.pipeline.cli import main
 from meteovision.pipeline.losses import LossConfigError
 from meteovision.pipeline.train_cli import RUN_KEY, build_cli, package_error, resolve_config_path
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SEG_CONFIG = CONFIGS / "tiny_seg.yaml"
 NOWCAST_CONFIG = CONFIGS / "tiny_nowcast.yaml"
@@ -41,15 +42,6 @@ TRAIN_BATCHES = 2  # limit_train_batches of the tiny configs
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The machine is shared: train on one CPU thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(workdir: Path, *argv: str | Path) -> tuple[int, str]:
