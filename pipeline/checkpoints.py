@@ -66,6 +66,7 @@ def checkpoint_metadata(task: Any, dm: Any) -> dict[str, Any]:
             "task_kind": getattr(task, "task_kind", "dense"),
             "nowcast_head": str(getattr(task, "nowcast_head", "direct")),
             "variables_per_frame": hp.get("variables_per_frame"),
+            "max_speed": getattr(task, "max_speed", None),
             "input_variables": list(getattr(dm, "input_variables", []) or []),
             "num_input_frames": getattr(dm, "num_input_frames", 1),
             "num_output_frames": getattr(dm, "num_output_frames", None),

@@ -76,6 +76,8 @@ class AdvectionNowcast(nn.Module):
         super().__init__()
         if variables_per_frame < 1 or lead_times < 1:
             raise ValueError(f"need >= 1 variable and lead time, got {variables_per_frame}, {lead_times}")
+        if not max_speed > 0:
+            raise ValueError(f"max_speed must be > 0 pixels per step, got {max_speed}")
         zero_last_conv(net)
         self.net = net
         self.variables_per_frame = variables_per_frame
@@ -146,7 +148,10 @@ def build_network(meta: dict[str, Any]) -> nn.Module:
     variables = int(meta.get("variables_per_frame") or 1)
     if head in ("advection", "lagrangian"):
         backbone = build_model(str(meta["model_name"]), in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
-        return AdvectionNowcast(backbone, variables, out_ch // variables, corrections=head == "advection")
+        # checkpoints written before max_speed was configurable were trained with the old bound, 6 px/step
+        max_speed = float(meta.get("max_speed") or 6.0)
+        return AdvectionNowcast(backbone, variables, out_ch // variables, max_speed=max_speed,
+                                corrections=head == "advection")
     net = build_model(str(meta["model_name"]), in_ch, out_ch, **settings)
     if head == "residual":
         return LastFrameResidual(net, variables, out_ch // variables)

@@ -105,6 +105,7 @@ class MeteoTask(L.LightningModule):
 
     # ------------------------------------------------------------------ model
     nowcast_head: str = "direct"
+    max_speed: float | None = None
 
     def network_description(self, in_channels: int, out_channels: int) -> dict[str, Any]:
         """What ``build_network`` needs; also recorded in the checkpoint for inference."""
@@ -116,6 +117,7 @@ class MeteoTask(L.LightningModule):
             "out_channels": out_channels,
             "nowcast_head": self.nowcast_head,
             "variables_per_frame": int(variables),
+            "max_speed": self.max_speed,
         }
 
     def _build_net(self, in_channels: int, out_channels: int) -> None:
@@ -416,13 +418,19 @@ class NowcastTask(MeteoTask):
         time_step_minutes: float = 5.0,
         nowcast_head: str = "lagrangian",
         variables_per_frame: int | None = None,
+        max_speed: float = 12.0,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
         (the same plus a learned correction per lead),
-        ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks."""
+        ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
+        ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
+        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km)."""
+        if not max_speed > 0:
+            raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
         self.nowcast_head = nowcast_head
+        self.max_speed = float(max_speed)
         super().__init__(
             application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
             baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,

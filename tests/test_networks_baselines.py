@@ -74,6 +74,24 @@ def test_advection_head_moves_the_last_frame_k_steps_along_the_motion() -> None:
         torch.testing.assert_close(out[0, k - 1], expected, atol=1e-5, rtol=0)
 
 
+def test_motion_bound_comes_from_the_checkpoint_and_old_checkpoints_keep_6_px() -> None:
+    meta = {"model_name": "halfunet", "in_channels": 4, "out_channels": 3,
+            "model_settings": {"num_filters": 4, "depth": 2}, "nowcast_head": "lagrangian", "variables_per_frame": 1}
+    old = build_network(meta)  # written before max_speed was recorded
+    fast = build_network({**meta, "max_speed": 12.0})
+    assert isinstance(old, AdvectionNowcast) and isinstance(fast, AdvectionNowcast)
+    assert (old.max_speed, fast.max_speed) == (6.0, 12.0)
+    with torch.no_grad():  # saturate the backbone's motion channels: the flow reaches the bound and no further
+        for net in (old, fast):
+            last = [m for m in net.net.modules() if isinstance(m, nn.Conv2d)][-1]
+            last.bias[:2] = 50.0
+    x = torch.zeros(1, 4, 32, 32)
+    assert torch.allclose(old.motion(x)[0], torch.full((1, 2, 32, 32), 6.0))
+    assert torch.allclose(fast.motion(x)[0], torch.full((1, 2, 32, 32), 12.0))
+    with pytest.raises(ValueError, match="max_speed"):
+        build_network({**meta, "max_speed": -1.0})
+
+
 def test_persistence_repeats_last_frame() -> None:
     x = torch.rand(1, 3, 5, 5)
     out = persistence(x, {"out_channels": 2})

@@ -142,7 +142,7 @@ def simulate_cleaning_event(rng: np.random.Generator, site: StaticSite, n_frames
     size = site.sea.shape[0]
     shape = (size, size)
     rows, cols = grid_coords(shape)
-    rain = simulate_rain_event(rng, shape, n_frames, wet_range=(0.06, 0.22))
+    rain = simulate_rain_event(rng, shape, n_frames, speed_range=(0.8, 3.0), wet_range=(0.06, 0.22))
     rate = rain.rate.astype(np.float64)
 
     # small intense cells moving with the flow: clutter-like in a single frame
