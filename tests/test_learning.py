@@ -60,6 +60,8 @@ def test_webcam_snow_vgg11_beats_brightness_rule(tmp_path: Path, monkeypatch: py
 
 
 def test_nowcast_precip_beats_persistence_at_30_min(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scores = _fit_and_test("nowcast_precip", tmp_path, monkeypatch, "--trainer.max_epochs", "6")
+    scores = _fit_and_test("nowcast_precip", tmp_path, monkeypatch, "--trainer.max_epochs", "8")
     m, b = scores["model"]["lead030_cont/csi@1"], scores["baseline"]["lead030_cont/csi@1"]
     assert m > b, f"+30 min CSI@1 {m:.3f} does not beat persistence's {b:.3f}"
+    m, b = scores["model"]["lead030_reg/mae"], scores["baseline"]["lead030_reg/mae"]
+    assert m < b, f"+30 min MAE {m:.3f} is not below persistence's {b:.3f}"

@@ -6,6 +6,7 @@ format checks write every application at a tiny size and read it back.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
 import json
@@ -22,10 +23,15 @@ from scipy import ndimage
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.synthetic import APPS, SampleDataError, SampleSettings, generate_sample_data
 from meteovision.datasets.synthetic.bow_echo import MASK_MIN_RATE, WEAK_ARC_MAX, simulate_bow_event
-from meteovision.datasets.synthetic.common import event_calendar, make_rng
+from meteovision.datasets.synthetic.common import default_settings, event_calendar, make_rng
 from meteovision.datasets.synthetic.fields import RigidMotion, grid_coords, trace
 from meteovision.datasets.synthetic.grids import radar_grid, satellite_grid
-from meteovision.datasets.synthetic.nowcast import simulate_cloud_event, simulate_rain_event, simulate_scalar
+from meteovision.datasets.synthetic.nowcast import (
+    RAIN_SPEED_RANGE,
+    simulate_cloud_event,
+    simulate_rain_event,
+    simulate_scalar,
+)
 from meteovision.datasets.synthetic.radar_cleaning import make_static_site, simulate_cleaning_event
 from meteovision.datasets.synthetic.sat2precip import gpi_rate, simulate_sat_event
 from meteovision.datasets.synthetic.webcam import (
@@ -344,7 +350,7 @@ def test_bow_echo_mask_moves_with_the_system(bow_events: list) -> None:
 # ----------------------------------------------------------------------------- physics: nowcasting
 
 
-def _best_shift(a: np.ndarray, b: np.ndarray, max_shift: int = 6) -> tuple[int, int]:
+def _best_shift(a: np.ndarray, b: np.ndarray, max_shift: int = 10) -> tuple[int, int]:
     """Integer (row, col) shift of ``a`` that best correlates with ``b`` (interior window)."""
     m = max_shift
     inner = (slice(m, -m), slice(m, -m))
@@ -546,3 +552,24 @@ def test_generate_wraps_errors_as_package_errors(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(MeteovisionError, match="not a folder"):
         generate_sample_data("bow_echo", target, 0, TINY)
+
+
+def test_radar_nowcasts_default_to_many_short_events_and_flags_override_them() -> None:
+    from meteovision.datasets.synthetic.cli import settings_for
+
+    none_given = argparse.Namespace(size=None, events=None, frames_per_event=None)
+    assert settings_for("nowcast_precip", none_given) == SampleSettings(events=40, frames_per_event=12)
+    assert settings_for("nowcast_reflectivity", none_given) == default_settings("nowcast_reflectivity")
+    assert settings_for("bow_echo", none_given) == SampleSettings()
+    some = argparse.Namespace(size=160, events=100, frames_per_event=None)
+    assert settings_for("nowcast_precip", some) == SampleSettings(size=160, events=100, frames_per_event=12)
+    with pytest.raises(SampleDataError, match="events"):
+        settings_for("nowcast_precip", argparse.Namespace(size=None, events=0, frames_per_event=None))
+
+
+def test_rain_events_move_at_the_realistic_speeds() -> None:
+    speeds = [np.hypot(e.motion.v_row, e.motion.v_col)
+              for e in (simulate_rain_event(make_rng(1, "speeds", k), (32, 32), 2) for k in range(40))]
+    low, high = RAIN_SPEED_RANGE
+    assert all(low <= s <= high for s in speeds)
+    assert min(speeds) < 3.0 and max(speeds) > 7.0  # slow showers and fast bands alike

@@ -66,6 +66,20 @@ class SampleSettings:
                 raise SampleDataError(f"sample settings: {name}={value!r} must be an integer in [{low}, {high}]")
 
 
+#: Per-application defaults where the generic ones are too little to learn from. A radar nowcast learns
+#: motion, and each event has one motion (3-30 m s-1, any direction): five events give it three motions
+#: to train on. Forty short events (12 frames: 3 windows of 4 + 6) give it thirty, for 3x the frames.
+APP_SETTINGS: dict[str, SampleSettings] = {
+    "nowcast_precip": SampleSettings(events=40, frames_per_event=12),
+    "nowcast_reflectivity": SampleSettings(events=40, frames_per_event=12),
+}
+
+
+def default_settings(app: str) -> SampleSettings:
+    """The sample settings ``app`` gets when none are given (``APP_SETTINGS``, else the generic ones)."""
+    return APP_SETTINGS.get(app, SampleSettings())
+
+
 def _key_int(key: str | int) -> int:
     if isinstance(key, int):
         if key < 0:

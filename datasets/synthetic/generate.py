@@ -11,7 +11,13 @@ import importlib
 import logging
 from pathlib import Path
 
-from meteovision.datasets.synthetic.common import APPS, OutputFolder, SampleDataError, SampleSettings
+from meteovision.datasets.synthetic.common import (
+    APPS,
+    OutputFolder,
+    SampleDataError,
+    SampleSettings,
+    default_settings,
+)
 from meteovision.datasets.synthetic.writers import write_text
 
 LOG = logging.getLogger(__name__)
@@ -59,7 +65,7 @@ def generate_sample_data(app: str, out_dir: Path, seed: int, settings: SampleSet
         raise SampleDataError(f"unknown application {app!r}; choose one of {', '.join(APPS)}")
     if not isinstance(seed, int) or seed < 0:
         raise SampleDataError(f"seed must be a non-negative integer, got {seed!r}")
-    settings = settings or SampleSettings()
+    settings = settings or default_settings(app)
     out_dir = Path(out_dir)
     _check_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
