@@ -37,8 +37,8 @@ APPS: tuple[str, ...] = (
 #: Short training for the demo: (max_epochs, limit_train_batches) per application on 2 CPU cores.
 DEMO_BUDGET: dict[str, tuple[int, int]] = {
     "bow_echo": (16, 24),
-    "nowcast_precip": (3, 15),
-    "nowcast_reflectivity": (3, 15),
+    "nowcast_precip": (8, 24),
+    "nowcast_reflectivity": (6, 24),
     "nowcast_cloudiness": (3, 10),
     "sat2precip": (4, 20),
     "radar_cleaning": (4, 20),
