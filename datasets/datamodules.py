@@ -150,6 +150,13 @@ class _BaseDataModule(LightningDataModule):
             self._manifest = Manifest.load(self.data_dir)
         return self._manifest
 
+    def _target_named(self, given: str | None) -> str:
+        """The target variable the config names, else the manifest's (a target module needs one)."""
+        name = given or self.manifest.target_variable
+        if not name:
+            raise CatalogError(self.data_dir, "no target_variable given nor in the manifest")
+        return name
+
     # -- split ---------------------------------------------------------------------------------------------
     def _times_and_events(self) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
@@ -490,10 +497,7 @@ class SegmentationDataModule(_GriddedDataModule):
 
     @property
     def target_variable(self) -> str:
-        name = self._target_variable or self.manifest.target_variable
-        if not name:
-            raise CatalogError(self.data_dir, "no target_variable given nor in the manifest")
-        return name
+        return self._target_named(self._target_variable)
 
     @property
     def target_names(self) -> list[str]:
@@ -581,10 +585,7 @@ class RegressionDataModule(_GriddedDataModule):
 
     @property
     def target_variable(self) -> str:
-        name = self._target_variable or self.manifest.target_variable
-        if not name:
-            raise CatalogError(self.data_dir, "no target_variable given nor in the manifest")
-        return name
+        return self._target_named(self._target_variable)
 
     def _target_read(self) -> tuple[list[str], str]:
         return [self.target_variable], "targets"
