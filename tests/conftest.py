@@ -6,9 +6,12 @@ project's own code, so reader tests compare against files made independently of 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import h5py
@@ -21,6 +24,18 @@ import torch
 from rasterio.transform import Affine
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(stem: str) -> ModuleType:
+    """``benchmarks/<stem>.py`` imported from its path: the benchmarks are scripts, not an installed package."""
+    name = f"meteovision_benchmarks_{stem}"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses of the script look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ would cost seconds).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -27,11 +25,10 @@ import torch
 
 from meteovision.datasets.readers import open_dataset
 from meteovision.pipeline.tiling import predict_domain
-from meteovision.tests.conftest import FMI_XML, dbzh_raw, write_geotiff
+from meteovision.tests.conftest import FMI_XML, dbzh_raw, load_benchmark_script, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
 SIZE = 48
 FMI_SHAPE = (40, 56)
 REPEATS = 1
@@ -39,14 +36,8 @@ REPEATS = 1
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """The benchmark script, imported from its path (``benchmarks/`` is not an installed package)."""
-    name = "meteovision_benchmarks_inference"
-    spec = importlib.util.spec_from_file_location(name, BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script (``benchmarks/inference.py``)."""
+    return load_benchmark_script("inference")
 
 
 def fake_shared_data(root: Path) -> Path:

@@ -7,10 +7,8 @@ reported medians and ratios follow from the recorded times.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,23 +17,17 @@ import yaml
 
 from meteovision.pipeline.checkpoints import load_inference_model
 from meteovision.pipeline.networks import AdvectionNowcast
+from meteovision.tests.conftest import load_benchmark_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "nowcast.py"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "nowcast_precip.yaml"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """The benchmark script, imported from its path (``benchmarks/`` is not an installed package)."""
-    name = "meteovision_benchmarks_nowcast"
-    spec = importlib.util.spec_from_file_location(name, BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script (``benchmarks/nowcast.py``)."""
+    return load_benchmark_script("nowcast")
 
 
 def test_checkpoint_is_the_configured_network(bench: ModuleType, tmp_path: Path) -> None:

@@ -6,20 +6,17 @@ arithmetic linking throughput, time per batch, step time, ratio and verdict are.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-from meteovision.tests.conftest import OdimField, OdimFile, OdimGrid, write_odim
+from meteovision.tests.conftest import OdimField, OdimFile, OdimGrid, load_benchmark_script, write_odim
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "loaders.py"
 BATCH = 2
 PATCH = 32
 BATCHES = 2
@@ -27,14 +24,8 @@ BATCHES = 2
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """The benchmark script, imported from its path (``benchmarks/`` is not an installed package)."""
-    name = "meteovision_benchmarks_loaders"
-    spec = importlib.util.spec_from_file_location(name, BENCH_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script (``benchmarks/loaders.py``)."""
+    return load_benchmark_script("loaders")
 
 
 def fake_shared_data(root: Path, frames: int = 8) -> Path:
