@@ -41,7 +41,6 @@ import logging
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from bench_timing import Timing
 from torch import Tensor
 
 from meteovision.datasets.errors import MeteovisionError
@@ -215,23 +215,6 @@ def write_rate_composite(path: Path, size: int, seed: int) -> Path:
 
 
 # -- timing -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Timed repeats (seconds) of one measurement, after untimed warm-up runs."""
-
-    name: str
-    description: str
-    times_s: tuple[float, ...]
-
-    @property
-    def median_s(self) -> float:
-        return float(statistics.median(self.times_s))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "median_s": self.median_s,
-                "min_s": min(self.times_s), "times_s": list(self.times_s)}
 
 
 def time_interleaved(

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from bench_timing import Timing
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.normalization import NormalizationStats
@@ -198,23 +198,6 @@ def rain_event(settings: BenchSettings, frames: int) -> tuple[NowcastInput, dict
 
 
 # -- timing -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Timed repeats (seconds) of one measurement, after untimed warm-up runs."""
-
-    name: str
-    description: str
-    times_s: tuple[float, ...]
-
-    @property
-    def median_s(self) -> float:
-        return float(statistics.median(self.times_s))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "median_s": self.median_s,
-                "min_s": min(self.times_s), "times_s": list(self.times_s)}
 
 
 def time_repeats(fn: Callable[[], object], warmup: int, repeats: int) -> tuple[float, ...]:

@@ -29,6 +29,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark_script(stem: str) -> ModuleType:
     """``benchmarks/<stem>.py`` imported from its path: the benchmarks are scripts, not an installed package."""
+    if str(BENCHMARKS) not in sys.path:  # as ``python benchmarks/<stem>.py`` has it: the scripts share modules there
+        sys.path.insert(0, str(BENCHMARKS))
     name = f"meteovision_benchmarks_{stem}"
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{stem}.py")
     assert spec is not None and spec.loader is not None

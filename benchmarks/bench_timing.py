@@ -1,0 +1,28 @@
+"""What the benchmark scripts share: a timed measurement and its summary.
+
+The scripts run as ``python benchmarks/<name>.py``, which puts this folder first on ``sys.path``;
+the smoke tests import them the same way (``meteovision.tests.conftest.load_benchmark_script``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Timed repeats (seconds) of one measurement, after untimed warm-up runs."""
+
+    name: str
+    description: str
+    times_s: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return float(statistics.median(self.times_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "median_s": self.median_s,
+                "min_s": min(self.times_s), "times_s": list(self.times_s)}
