@@ -68,7 +68,7 @@ class SampleSettings:
 
 #: Per-application defaults where the generic ones are too little to learn from. A radar nowcast learns
 #: motion, and each event has one motion (3-30 m s-1, any direction): five events give it three motions
-#: to train on. Forty short events (12 frames: 3 windows of 4 + 6) give it thirty, for 3x the frames.
+#: to train on. Forty short events (12 frames: 3 windows of 4 + 6) give it about thirty, for 6 times the frames.
 APP_SETTINGS: dict[str, SampleSettings] = {
     "nowcast_precip": SampleSettings(events=40, frames_per_event=12),
     "nowcast_reflectivity": SampleSettings(events=40, frames_per_event=12),
