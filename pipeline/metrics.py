@@ -27,6 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.verification import format_value
 
 __all__ = [
     "ClassificationScores",
@@ -44,9 +45,9 @@ class MetricInputError(MeteovisionError, ValueError):
 
 
 # ---------------------------------------------------------------------------- helpers
-def format_threshold(value: float) -> str:
-    """Compact, exact text of a threshold for metric names: 0.5 -> "0.5", 1.0 -> "1", 1e-5 -> "0.00001"."""
-    return str(np.format_float_positional(float(value), trim="-"))
+#: Compact, exact text of a threshold for metric names: 0.5 -> "0.5", 1.0 -> "1", 1e-5 -> "0.00001"; the
+#: same text the real-radar verification gives its thresholds, so training and evaluation scores share names.
+format_threshold = format_value
 
 
 def _squeezed_shape(shape: torch.Size) -> list[int]:
