@@ -53,10 +53,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from bench_timing import Timing
+from bench_common import SHARED_DATA, BenchmarkError, Timing
 from torch import Tensor
 
-from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.synthetic.fields import powerlaw_noise
 from meteovision.datasets.synthetic.grids import radar_grid
@@ -88,8 +87,6 @@ from meteovision.pipeline.tiling import TilingSettings, predict_domain
 
 LOG = logging.getLogger("meteovision.benchmarks.inference")
 
-#: ``../shared/data`` beside the checkout (real operational files, never copied into the repository).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FMI_SUBDIR = Path("radar") / "fmi_geotiff_20160928"
 #: The bow_echo configuration's network (configs/bow_echo.yaml).
 MODEL_NAME = "unet"
@@ -107,9 +104,6 @@ TILE_BATCH = 4
 CHILD_PREFIX = "FMI_RESULT "
 GIB = 1024**3
 
-
-class BenchmarkError(MeteovisionError):
-    """Settings or data the benchmark cannot run with."""
 
 
 @dataclass(frozen=True)

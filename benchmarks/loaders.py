@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import SHARED_DATA, BenchmarkError
 from torch.utils.data import DataLoader
 
 from meteovision.datasets.catalog import FrameIndex, index_folder
 from meteovision.datasets.datamodules import SegmentationDataModule, SequenceDataModule, datamodule_for_app
-from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.normalization import NormalizationStats, StatsAccumulator
 from meteovision.datasets.torch_datasets import (
     AugmentSettings,
@@ -55,8 +55,6 @@ from meteovision.datasets.torch_datasets import (
 
 LOG = logging.getLogger("meteovision.benchmarks.loaders")
 
-#: ``../shared/data`` beside the checkout (real operational files, never copied into the repository).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OPERA_SUBDIR = Path("radar") / "opera_20180824"
 OPERA_CASE = "opera_sequence"
 SYNTHETIC_APPS: tuple[str, ...] = ("nowcast_precip", "bow_echo")
@@ -72,9 +70,6 @@ OPERA_STATS_FRAMES = 6
 #: Frame cache of the first-epoch and warm regimes (the DataModules' default; holds every frame here).
 LARGE_CACHE_FRAMES = 256
 
-
-class BenchmarkError(MeteovisionError):
-    """Settings or data the benchmark cannot run with."""
 
 
 @dataclass(frozen=True)

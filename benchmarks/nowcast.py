@@ -38,9 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from bench_timing import Timing
+from bench_common import BenchmarkError, Timing
 
-from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.synthetic.nowcast import RADAR_STEP_MINUTES, simulate_rain_event
 from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, checkpoint_metadata
@@ -65,9 +64,6 @@ RATE_STD_DBR = 5.0
 METHODS: tuple[str, ...] = ("network", "lk", "sprog")
 PARTS: tuple[str, ...] = ("lk_motion", "lk_extrapolation")
 
-
-class BenchmarkError(MeteovisionError):
-    """Settings the benchmark cannot run with."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: a timed measurement and its summary.
+"""What the benchmark scripts share: where the real data are, their error, a timed measurement.
 
 The scripts run as ``python benchmarks/<name>.py``, which puts this folder first on ``sys.path``;
 the smoke tests import them the same way (``meteovision.tests.conftest.load_benchmark_script``).
@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from meteovision.datasets.errors import MeteovisionError
+
+#: ``../shared/data`` beside the checkout (real operational files, never copied into the repository).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class BenchmarkError(MeteovisionError):
+    """Settings or data the benchmark cannot run with."""
 
 
 @dataclass(frozen=True)
