@@ -1,7 +1,7 @@
 """What the benchmark scripts share: where the real data are, their error, a timed measurement.
 
 The scripts run as ``python benchmarks/<name>.py``, which puts this folder first on ``sys.path``;
-the smoke tests import them the same way (``meteovision.tests.conftest.load_benchmark_script``).
+the smoke tests import them the same way (``tests.conftest.load_benchmark_script``).
 """
 
 from __future__ import annotations

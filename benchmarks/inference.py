@@ -61,29 +61,29 @@ from meteovision.datasets.synthetic.fields import powerlaw_noise
 from meteovision.datasets.synthetic.grids import radar_grid
 from meteovision.datasets.synthetic.nowcast import rate_from_field
 from meteovision.datasets.synthetic.writers import write_odim_composite
-from meteovision.pipeline.checkpoints import (
+from meteovision.pipeline.checkpoints.loading import (
     CHECKPOINT_KEY,
     InferenceModel,
     checkpoint_metadata,
     load_inference_model,
 )
-from meteovision.pipeline.predict import (
-    PredictSettings,
-    cpu_has_native_bf16,
-    predict_file,
-    prepare_model,
-    run_config,
-)
-from meteovision.pipeline.predict_inputs import InputSpec, read_frames
-from meteovision.pipeline.predict_outputs import (
+from meteovision.pipeline.inference.inputs import InputSpec, read_frames
+from meteovision.pipeline.inference.outputs import (
     build_product,
     output_path,
     physical_outputs,
     product_variables,
     write_product,
 )
-from meteovision.pipeline.tasks import SegmentationTask
-from meteovision.pipeline.tiling import TilingSettings, predict_domain
+from meteovision.pipeline.inference.predict import (
+    PredictSettings,
+    cpu_has_native_bf16,
+    predict_file,
+    prepare_model,
+    run_config,
+)
+from meteovision.pipeline.inference.tiling import TilingSettings, predict_domain
+from meteovision.pipeline.training.tasks import SegmentationTask
 
 LOG = logging.getLogger("meteovision.benchmarks.inference")
 

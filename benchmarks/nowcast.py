@@ -5,7 +5,7 @@ Run from the repository root: ``.venv/bin/python benchmarks/nowcast.py [--json P
 On one synthetic rain event (``datasets.synthetic.nowcast.simulate_rain_event``: multiscale
 intermittent rain advected with rotation, growing and decaying) on a 640 x 710 domain (an OPERA
 sub-domain's size), it times the ``forecast`` of each method of
-:mod:`meteovision.pipeline.nowcast_methods` for 12 leads, one after the other in the same process:
+:mod:`meteovision.pipeline.verification.nowcast_methods` for 12 leads, one after the other in the same process:
 
 * ``network``: the nowcast_precip configuration's network (DeepLabV3+, resnet18 encoder, 4 -> 6
   frames, lagrangian head) with untrained weights, run as ``meteovision predict`` runs it
@@ -42,8 +42,9 @@ from bench_common import BenchmarkError, Timing
 
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.synthetic.nowcast import RADAR_STEP_MINUTES, simulate_rain_event
-from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, checkpoint_metadata
-from meteovision.pipeline.nowcast_methods import (
+from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, checkpoint_metadata
+from meteovision.pipeline.training.tasks import NowcastTask
+from meteovision.pipeline.verification.nowcast_methods import (
     LucasKanadeNowcast,
     NetworkNowcast,
     NowcastInput,
@@ -51,7 +52,6 @@ from meteovision.pipeline.nowcast_methods import (
     build_method,
     lucas_kanade_motion,
 )
-from meteovision.pipeline.tasks import NowcastTask
 
 LOG = logging.getLogger("meteovision.benchmarks.nowcast")
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-class MeteovisionError(Exception):
-    """Base of every error this package raises on purpose."""
+from meteovision.core.errors import MeteovisionError
 
 
 class ReaderError(MeteovisionError):

@@ -1,6 +1,6 @@
 """Errors raised while building a model, so a bad config reads as a config problem, not a traceback.
 
-They derive from :class:`meteovision.datasets.errors.MeteovisionError`, the base of every
+They derive from :class:`meteovision.core.errors.MeteovisionError`, the base of every
 error this package raises on purpose.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from meteovision.datasets.errors import MeteovisionError
+from meteovision.core.errors import MeteovisionError
 
 
 class ModelError(MeteovisionError):

@@ -150,7 +150,7 @@ def run_app(app: str, out: Path, seed: int, train: bool, epochs: int | None, exp
         result.seconds = time.perf_counter() - started
         return result
     from meteovision.datasets.errors import MeteovisionError
-    from meteovision.pipeline.explain import explain_for_report
+    from meteovision.pipeline.explain.filters import explain_for_report
 
     try:
         result.outputs += explain_for_report(ckpt, out / "explain" / app)

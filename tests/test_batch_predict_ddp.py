@@ -18,12 +18,12 @@ import pytest
 import xarray as xr
 
 from meteovision.datasets.readers import open_dataset
-from meteovision.pipeline.checkpoints import load_inference_model
+from meteovision.pipeline.checkpoints.loading import load_inference_model
 from meteovision.pipeline.cli import main
-from meteovision.pipeline.predict import PredictSettings, predict_file, predict_sequence
-from meteovision.tests.test_ddp import Result, run_meteovision
-from meteovision.tests.test_predict import bow_checkpoint, nowcast_checkpoint, with_meta
+from meteovision.pipeline.inference.predict import PredictSettings, predict_file, predict_sequence
 from meteovision.workflows.batch_predict import BatchPredictError, ShardSampler, predict_unit, read_records, shard
+from tests.test_ddp import Result, run_meteovision
+from tests.test_predict import bow_checkpoint, nowcast_checkpoint, with_meta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from meteovision.datasets.readers import open_dataset
-from meteovision.pipeline.tiling import predict_domain
-from meteovision.tests.conftest import FMI_XML, dbzh_raw, load_benchmark_script, write_geotiff
+from meteovision.pipeline.inference.tiling import predict_domain
+from tests.conftest import FMI_XML, dbzh_raw, load_benchmark_script, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

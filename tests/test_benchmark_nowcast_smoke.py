@@ -15,9 +15,9 @@ from types import ModuleType
 import pytest
 import yaml
 
-from meteovision.pipeline.checkpoints import load_inference_model
-from meteovision.pipeline.networks import AdvectionNowcast
-from meteovision.tests.conftest import load_benchmark_script
+from meteovision.pipeline.checkpoints.loading import load_inference_model
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
+from tests.conftest import load_benchmark_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from meteovision.tests.conftest import OdimField, OdimFile, OdimGrid, load_benchmark_script, write_odim
+from tests.conftest import OdimField, OdimFile, OdimGrid, load_benchmark_script, write_odim
 
 BATCH = 2
 PATCH = 32

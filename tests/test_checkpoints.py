@@ -26,7 +26,7 @@ from meteovision.datasets.datamodules import SegmentationDataModule, datamodule_
 from meteovision.datasets.readers import open_series
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.models import build_model
-from meteovision.pipeline.checkpoints import (
+from meteovision.pipeline.checkpoints.loading import (
     CHECKPOINT_KEY,
     CheckpointMismatchError,
     check_data_matches,
@@ -34,8 +34,8 @@ from meteovision.pipeline.checkpoints import (
     load_inference_model,
 )
 from meteovision.pipeline.cli import main
-from meteovision.pipeline.tasks import SegmentationTask
-from meteovision.pipeline.train_cli import RUN_KEY, MeteoCLI, build_cli
+from meteovision.pipeline.training.cli import RUN_KEY, MeteoCLI, build_cli
+from meteovision.pipeline.training.tasks import SegmentationTask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -31,7 +31,7 @@ from meteovision.datasets.summary import add_arguments, run, summarize_files
 from meteovision.datasets.synthetic import APPS, SampleSettings, generate_sample_data
 from meteovision.datasets.torch_datasets import SamplingError
 from meteovision.pipeline.cli import main
-from meteovision.tests.test_torch_datasets import (
+from tests.test_torch_datasets import (
     T0,
     bow_arrays,
     event_times,

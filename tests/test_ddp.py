@@ -24,7 +24,7 @@ import yaml
 
 from meteovision.datasets.datamodules import datamodule_from_config
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
-from meteovision.pipeline.checkpoints import load_inference_model
+from meteovision.pipeline.checkpoints.loading import load_inference_model
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "tiny_seg.yaml"
 SAMPLE = SampleSettings(size=32, events=5, frames_per_event=8)

@@ -19,9 +19,9 @@ from torch import nn
 
 from meteovision.datasets.readers import open_dataset
 from meteovision.models import build_model
-from meteovision.pipeline.checkpoints import load_inference_model
+from meteovision.pipeline.checkpoints.loading import load_inference_model
 from meteovision.pipeline.cli import main
-from meteovision.pipeline.explain import (
+from meteovision.pipeline.explain.filters import (
     AscentSettings,
     ExplainError,
     conv_layers,
@@ -32,16 +32,16 @@ from meteovision.pipeline.explain import (
     resolve_layer,
     visualize_filters,
 )
-from meteovision.pipeline.explain_saliency import (
+from meteovision.pipeline.explain.saliency import (
     Region,
     class_saliency,
     parse_region,
     region_saliency,
 )
-from meteovision.pipeline.predict_inputs import InputSpec, read_frames
-from meteovision.pipeline.predict_outputs import output_path
-from meteovision.tests.test_netcdf_writer import run_cf_checker
-from meteovision.tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
+from meteovision.pipeline.inference.inputs import InputSpec, read_frames
+from meteovision.pipeline.inference.outputs import output_path
+from tests.test_netcdf_writer import run_cf_checker
+from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from meteovision.models import build_model
-from meteovision.pipeline.checkpoints import InferenceModel, file_sha256, load_inference_model
+from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256, load_inference_model
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.pipeline.export import ExportError, export_model, sidecar_path
-from meteovision.tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint
+from meteovision.pipeline.inference.export import ExportError, export_model, sidecar_path
+from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meteovision.pipeline.train_cli import build_cli
+from meteovision.pipeline.training.cli import build_cli
 
 pytestmark = pytest.mark.slow
 

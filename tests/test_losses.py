@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from meteovision.pipeline.losses import LOSSES, LossConfigError, LossInputError, build_loss
+from meteovision.pipeline.training.losses import LOSSES, LossConfigError, LossInputError, build_loss
 
 LN2 = math.log(2.0)
 NAN = float("nan")

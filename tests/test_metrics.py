@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_sum
 
-from meteovision.pipeline.metrics import (
+from meteovision.pipeline.training.metrics import (
     ClassificationScores,
     ContingencyScores,
     FractionsSkillScore,

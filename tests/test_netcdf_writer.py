@@ -18,11 +18,11 @@ import rasterio
 import xarray as xr
 
 from meteovision.datasets.conventions import crs_variable, projection_coords
-from meteovision.pipeline import netcdf_writer
-from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf
-from meteovision.pipeline.geotiff_writer import write_product_geotiff
-from meteovision.pipeline.netcdf_writer import FLOAT_FILL, INT_FILL, write_product_netcdf
-from meteovision.pipeline.products import (
+from meteovision.pipeline.inference import netcdf_writer
+from meteovision.pipeline.inference.atomic import atomic_write, is_valid_netcdf
+from meteovision.pipeline.inference.geotiff_writer import write_product_geotiff
+from meteovision.pipeline.inference.netcdf_writer import FLOAT_FILL, INT_FILL, write_product_netcdf
+from meteovision.pipeline.inference.products import (
     Product,
     ProductError,
     ProductGrid,
@@ -437,7 +437,7 @@ def test_existing_outputs_skip_overwrite_and_repair(tmp_path: Path, caplog: pyte
     target = tmp_path / product_filename("nowcast_precip", "deeplabv3plus", REF)
     write_product_netcdf(first, target)
     mtime = target.stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="meteovision.pipeline.netcdf_writer"):
+    with caplog.at_level("INFO", logger="meteovision.pipeline.inference.netcdf_writer"):
         assert write_product_netcdf(second, target) == target
     assert "keeping existing" in caplog.text
     assert target.stat().st_mtime_ns == mtime

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from meteovision.pipeline.baselines import bow_echo_rule, get_baseline, gpi, persistence, texture_filter
-from meteovision.pipeline.networks import AdvectionNowcast, LastFrameResidual, build_network
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast, LastFrameResidual, build_network
+from meteovision.pipeline.verification.baselines import bow_echo_rule, get_baseline, gpi, persistence, texture_filter
 
 
 class _Zero(nn.Module):

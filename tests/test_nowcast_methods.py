@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from meteovision.pipeline.checkpoints import CHECKPOINT_KEY
-from meteovision.pipeline.networks import AdvectionNowcast, build_network
-from meteovision.pipeline.nowcast_methods import (
+from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast, build_network
+from meteovision.pipeline.inference.predict import infer_field
+from meteovision.pipeline.verification.nowcast_methods import (
     LucasKanadeNowcast,
     NetworkNowcast,
     NowcastDependencyError,
@@ -31,8 +32,7 @@ from meteovision.pipeline.nowcast_methods import (
     lucas_kanade_motion,
     source_inside_mask,
 )
-from meteovision.pipeline.predict import infer_field
-from meteovision.tests.test_predict import nowcast_checkpoint, with_meta
+from tests.test_predict import nowcast_checkpoint, with_meta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -318,7 +318,7 @@ def test_network_runs_as_predict_and_continues_past_its_leads(
     method = build_method("network", checkpoint=checkpoints["trained"], tile_size=32, overlap=8)
     assert isinstance(method, NetworkNowcast)
     past = network_input(step=15.0, spacing=2000.0)  # OPERA's spacing; trained on 5 min, 1 km
-    with caplog.at_level(logging.WARNING, logger="meteovision.pipeline.nowcast_methods"):
+    with caplog.at_level(logging.WARNING, logger="meteovision.pipeline.verification.nowcast_methods"):
         two = method.forecast(past, 2)
         method.forecast(past, 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -30,9 +30,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from meteovision.pipeline.atomic import is_valid_netcdf
 from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, write_rate
+from meteovision.pipeline.inference.atomic import is_valid_netcdf
 from meteovision.workflows.discovery import (
     FileFacts,
     FileInspector,
@@ -51,6 +50,7 @@ from meteovision.workflows.operational_config import (
     time_regex,
 )
 from meteovision.workflows.watch import parse_interval, watch
+from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, write_rate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,9 +21,11 @@ from typing import IO, Any
 
 import pytest
 
-from meteovision.pipeline.atomic import is_valid_netcdf
 from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.tests.test_operational import (
+from meteovision.pipeline.inference.atomic import is_valid_netcdf
+from meteovision.workflows.operational import run_tick
+from meteovision.workflows.operational_config import load_config
+from tests.test_operational import (
     BOW_NOW,
     PRODUCT,
     bow,
@@ -34,9 +36,7 @@ from meteovision.tests.test_operational import (
     products,
     radar_files,
 )
-from meteovision.tests.test_predict import Trained
-from meteovision.workflows.operational import run_tick
-from meteovision.workflows.operational_config import load_config
+from tests.test_predict import Trained
 
 __all__ = ["bow"]  # fixture shared with test_operational
 
@@ -61,7 +61,7 @@ def paused_replace(src, dst, *args, **kwargs):
     return real_replace(src, dst, *args, **kwargs)
 
 os.replace = paused_replace
-import meteovision.pipeline.predict, meteovision.workflows.operational_cli  # noqa: F401  (warm imports)
+import meteovision.pipeline.inference.predict, meteovision.workflows.operational_cli  # noqa: F401  (warm imports)
 from meteovision.pipeline.cli import main
 marker.with_suffix(".ready").write_text("ready")
 while not go.exists():

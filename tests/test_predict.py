@@ -36,10 +36,11 @@ from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.datasets.synthetic.grids import Grid, radar_grid, satellite_grid
 from meteovision.datasets.synthetic.writers import CfVariable, write_cf_netcdf, write_odim_composite
 from meteovision.datasets.torch_datasets import resize_image
-from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_inference_model
+from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_inference_model
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.pipeline.predict import (
+from meteovision.pipeline.inference.inputs import InputMismatchError, expand_inputs
+from meteovision.pipeline.inference.predict import (
     PRECISIONS,
     Outcome,
     PredictError,
@@ -51,10 +52,9 @@ from meteovision.pipeline.predict import (
     prepare_model,
     run_prediction,
 )
-from meteovision.pipeline.predict_inputs import InputMismatchError, expand_inputs
-from meteovision.pipeline.tasks import ClassificationTask, NowcastTask, RegressionTask, SegmentationTask
-from meteovision.pipeline.tiling import predict_domain
-from meteovision.tests.test_netcdf_writer import run_cf_checker
+from meteovision.pipeline.inference.tiling import predict_domain
+from meteovision.pipeline.training.tasks import ClassificationTask, NowcastTask, RegressionTask, SegmentationTask
+from tests.test_netcdf_writer import run_cf_checker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -651,7 +651,7 @@ def test_unusable_checkpoint_and_missing_inputs_are_usage_or_input_errors(
 def test_webcam_classification_writes_class_probabilities_per_image(
     webcam: Trained, bow: Trained, tmp_path: Path
 ) -> None:
-    from meteovision.pipeline.predict_images import predict_images
+    from meteovision.pipeline.inference.images import predict_images
 
     model = load_inference_model(webcam.checkpoint)
     images = webcam.inputs("images")
@@ -705,8 +705,8 @@ def _meta(kind: str, variables: list[str], units: list[str], transform: str = "n
 )
 def test_physical_outputs_keep_physical_bounds(kind: str, variables: list[str], units: list[str], name: str,
                                                low: float, high: float) -> None:
-    from meteovision.pipeline.checkpoints import InferenceModel
-    from meteovision.pipeline.predict_outputs import physical_outputs, product_variables, variable_names
+    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.inference.outputs import physical_outputs, product_variables, variable_names
 
     model = InferenceModel(torch.nn.Identity(), _meta(kind, variables, units), "0" * 64, Path("x.ckpt"))
     raw = np.array([-2.0, 0.5, 3.0], np.float32).reshape(1, 1, 3).repeat(2, axis=0)  # [2, 1, 3]
@@ -721,8 +721,8 @@ def test_physical_outputs_keep_physical_bounds(kind: str, variables: list[str], 
 
 
 def test_multiclass_segmentation_writes_class_probabilities_and_the_most_probable_class() -> None:
-    from meteovision.pipeline.checkpoints import InferenceModel
-    from meteovision.pipeline.predict_outputs import physical_outputs, product_variables, variable_names
+    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.inference.outputs import physical_outputs, product_variables, variable_names
 
     meta = {"task_kind": "segmentation", "application": "echo_type", "out_channels": 3,
             "target_names": ["echo_type"], "class_names": ["clear", "rain", "clutter"]}

@@ -23,10 +23,10 @@ import xarray as xr
 
 from meteovision.datasets.conventions import crs_of
 from meteovision.datasets.readers import open_dataset
-from meteovision.pipeline.checkpoints import load_inference_model
-from meteovision.pipeline.predict import PredictSettings, predict_sequence
-from meteovision.pipeline.predict_inputs import InputMismatchError
-from meteovision.tests.test_predict import Trained, nowcast_checkpoint, only, with_meta
+from meteovision.pipeline.checkpoints.loading import load_inference_model
+from meteovision.pipeline.inference.inputs import InputMismatchError
+from meteovision.pipeline.inference.predict import PredictSettings, predict_sequence
+from tests.test_predict import Trained, nowcast_checkpoint, only, with_meta
 
 pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("one_torch_thread")]
 

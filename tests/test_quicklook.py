@@ -12,8 +12,8 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from meteovision.pipeline.products import Product, ProductError, ProductGrid, ProductVariable, Provenance
-from meteovision.pipeline.quicklook import (
+from meteovision.pipeline.inference.products import Product, ProductError, ProductGrid, ProductVariable, Provenance
+from meteovision.pipeline.inference.quicklook import (
     DBZ_COLOURS,
     NODATA_COLOUR,
     RAIN_ABOVE,

@@ -34,7 +34,7 @@ from meteovision.datasets.readers import (
     read_webcam,
     read_webcam_labels,
 )
-from meteovision.tests.conftest import (
+from tests.conftest import (
     FMI_XML,
     NcFile,
     OdimField,

@@ -26,7 +26,7 @@ from meteovision.datasets.readers import (
     read_webcam_labels,
 )
 from meteovision.datasets.readers.netcdf3 import expected_size
-from meteovision.tests.conftest import (
+from tests.conftest import (
     FMI_XML,
     NcFile,
     OdimField,

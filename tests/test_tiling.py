@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from meteovision.pipeline.tiling import (
+from meteovision.pipeline.inference.tiling import (
     TilingError,
     TilingSettings,
     TilingSettingsError,

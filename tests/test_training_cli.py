@@ -28,8 +28,8 @@ from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.models import build_model
 from meteovision.models.errors import ModelSettingsError
 from meteovision.pipeline.cli import main
-from meteovision.pipeline.losses import LossConfigError
-from meteovision.pipeline.train_cli import RUN_KEY, build_cli, package_error, resolve_config_path
+from meteovision.pipeline.training.cli import RUN_KEY, build_cli, package_error, resolve_config_path
+from meteovision.pipeline.training.losses import LossConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -159,7 +159,7 @@ def test_saved_config_is_the_resolved_config(seg_run: SegRun) -> None:
     saved = read_yaml(seg_run.run_dir / "logs" / "version_0" / "config.yaml")
     given = read_yaml(SEG_CONFIG)
     assert saved["trainer"]["max_epochs"] == given["trainer"]["max_epochs"] == 1
-    assert saved["model"]["class_path"] == "meteovision.pipeline.tasks.SegmentationTask"
+    assert saved["model"]["class_path"] == "meteovision.pipeline.training.tasks.SegmentationTask"
     assert saved["model"]["init_args"]["model_settings"] == {"num_filters": 8, "depth": 3}
     assert saved["model"]["init_args"]["loss"] == {"name": "bce_dice", "pos_weight": 5.0}
     # the command-line override, not the YAML's relative path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meteovision.pipeline.verification import (
+from meteovision.pipeline.verification.lead_scores import (
     FssWindow,
     LeadTimeScores,
     VerificationError,

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("datasets", "models", "pipeline", "workflows")
+PACKAGES = ("core", "datasets", "models", "pipeline", "workflows")
 
 
 def main() -> int:

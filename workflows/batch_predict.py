@@ -1,7 +1,7 @@
 """``meteovision batch-predict``: the predict stage over many files, spread over GPUs and nodes.
 
 Lightning runs the ranks (``Trainer(strategy="ddp", devices=N, num_nodes=M).predict``); each
-rank loads the checkpoint once and runs :func:`~meteovision.pipeline.predict.predict_file` (or,
+rank loads the checkpoint once and runs :func:`~meteovision.pipeline.inference.predict.predict_file` (or,
 for nowcasts, the window ending at each file) on its share of the inputs. Products are written
 atomically by the predict stage, so ranks never see each other's partial files.
 
@@ -36,13 +36,13 @@ from torch.utils.data import Dataset, Sampler
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
-from meteovision.pipeline.predict import PRECISIONS
-from meteovision.pipeline.predict_cli import PRECISION_HELP
-from meteovision.pipeline.predict_outputs import OUTPUT_FORMATS
+from meteovision.pipeline.inference.cli import PRECISION_HELP
+from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
+from meteovision.pipeline.inference.predict import PRECISIONS
 
 if TYPE_CHECKING:
-    from meteovision.pipeline.checkpoints import InferenceModel
-    from meteovision.pipeline.predict import PredictReport, PredictSettings
+    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.inference.predict import PredictReport, PredictSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _unit_kind(model: InferenceModel) -> str:
 
 
 def _check_kind(meta: dict[str, Any], path: Path) -> str:
-    from meteovision.pipeline.predict_outputs import task_kind_of
+    from meteovision.pipeline.inference.outputs import task_kind_of
 
     kind = str(task_kind_of(meta))
     if kind not in SUPPORTED_KINDS:
@@ -110,9 +110,9 @@ def predict_unit(
     A nowcast unit reads the file and the ``num_input_frames - 1`` files before it (the inputs are
     sorted by name, hence by time) and makes the one window ending at the file's time; a file
     without enough history before it gives no window (an empty report), one whose window has a gap
-    a failure (as in :func:`~meteovision.pipeline.predict.predict_sequence`).
+    a failure (as in :func:`~meteovision.pipeline.inference.predict.predict_sequence`).
     """
-    from meteovision.pipeline.predict import predict_file, predict_sequence
+    from meteovision.pipeline.inference.predict import predict_file, predict_sequence
 
     if _unit_kind(model) != "nowcast":
         return predict_file(model, files[index], settings)
@@ -210,7 +210,7 @@ def _lightning_classes() -> tuple[type, type]:
             self._model: InferenceModel | None = None
 
         def setup(self, stage: str) -> None:
-            from meteovision.pipeline.checkpoints import load_inference_model
+            from meteovision.pipeline.checkpoints.loading import load_inference_model
 
             name = self.trainer.strategy.broadcast(_new_run_name(), src=0)  # one run folder for all ranks
             self.run_dir = self.log_dir / str(name)
@@ -267,7 +267,7 @@ def run_batch(
         raise BatchPredictError(f"devices ({devices}) and num-nodes ({num_nodes}) must be >= 1")
     if not files:
         raise BatchPredictError("no input file to process")
-    from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
 
     _check_kind(load_checkpoint(checkpoint)[CHECKPOINT_KEY], checkpoint)  # refused before any rank starts
     settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -324,8 +324,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the batch prediction; rank 0 prints the summary. Returns the exit code."""
-    from meteovision.pipeline.predict import PredictSettings
-    from meteovision.pipeline.predict_inputs import expand_inputs
+    from meteovision.pipeline.inference.inputs import expand_inputs
+    from meteovision.pipeline.inference.predict import PredictSettings
 
     try:
         settings = PredictSettings(

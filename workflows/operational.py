@@ -34,16 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
 from meteovision.pipeline.exit_codes import ExitCode
+from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
 from meteovision.workflows.discovery import FileInspector, WorkUnit, discover, iso, sha256_file
 from meteovision.workflows.ledger import Claim, Ledger, LedgerError
 from meteovision.workflows.logs import FIELDS
 from meteovision.workflows.operational_config import OperationalConfig, OperationalConfigError
 
 if TYPE_CHECKING:  # the predict stage imports torch: loaded only when a unit is due
-    from meteovision.pipeline.checkpoints import InferenceModel
-    from meteovision.pipeline.predict import PredictSettings
+    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.inference.predict import PredictSettings
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def clean_stale_temps(folder: Path, max_age_seconds: float, wall_clock: float) -
 
 def predict_settings(config: OperationalConfig) -> PredictSettings:
     """The predict stage's settings: always overwrite (the ledger decides what is new), one nowcast window."""
-    from meteovision.pipeline.predict import PredictSettings
+    from meteovision.pipeline.inference.predict import PredictSettings
 
     p = config.predict
     step = config.sequence.step_minutes if config.sequence is not None else 0.0
@@ -183,7 +183,7 @@ def predict_settings(config: OperationalConfig) -> PredictSettings:
 
 def check_model(config: OperationalConfig, model: InferenceModel) -> None:
     """Refuse a checkpoint that does not fit the configuration's kind, frame count or step."""
-    from meteovision.pipeline.predict_outputs import task_kind_of
+    from meteovision.pipeline.inference.outputs import task_kind_of
 
     kind = task_kind_of(model.meta)
     where = f"checkpoint {config.checkpoint}"
@@ -279,7 +279,7 @@ def _predict_unit(
     model: InferenceModel, settings: PredictSettings, unit: WorkUnit
 ) -> tuple[list[Path], str | None]:
     """Outputs written and, when the unit failed, why (every failing part of it)."""
-    from meteovision.pipeline.predict import PredictError, run_prediction
+    from meteovision.pipeline.inference.predict import PredictError, run_prediction
 
     try:
         report = run_prediction(model, unit.paths, settings)
@@ -310,7 +310,7 @@ class _Runner:
 
     def model(self) -> tuple[InferenceModel, PredictSettings]:
         if self._model is None or self._settings is None:
-            from meteovision.pipeline.checkpoints import load_inference_model
+            from meteovision.pipeline.checkpoints.loading import load_inference_model
 
             model = load_inference_model(self.config.checkpoint)
             check_model(self.config, model)
@@ -352,7 +352,7 @@ class _Runner:
         except MeteovisionError as err:
             self.ledger.release(unit.key, f"not attempted: {err}")
             raise
-        from meteovision.pipeline.predict import PredictError
+        from meteovision.pipeline.inference.predict import PredictError
 
         try:
             outputs, problem = _predict_unit(model, settings, unit)

@@ -129,7 +129,7 @@ def _run_ticks(config: OperationalConfig, args: argparse.Namespace, now: datetim
 
 
 def _check(config: OperationalConfig) -> int:
-    from meteovision.pipeline.checkpoints import load_inference_model
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
     from meteovision.workflows.operational import check_model, predict_settings
 
     try:

@@ -139,7 +139,7 @@ class OutputConfig(_Strict):
 
 
 class PredictOptions(_Strict):
-    """Settings passed to the predict stage (``meteovision.pipeline.predict.PredictSettings``)."""
+    """Settings passed to the predict stage (``meteovision.pipeline.inference.predict.PredictSettings``)."""
 
     device: str = "cpu"
     batch_size: int = Field(default=4, ge=1)

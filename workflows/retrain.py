@@ -1,6 +1,6 @@
 """``meteovision retrain``: train (or fine-tune) on new data, score it against the current model, promote if better.
 
-1. **Train** through the LightningCLI path (:func:`meteovision.pipeline.train_cli.build_cli`) with
+1. **Train** through the LightningCLI path (:func:`meteovision.pipeline.training.cli.build_cli`) with
    the config's data folder replaced by the new one; ``--from CKPT`` fine-tunes instead: the
    network starts from CKPT's weights (same architecture, checked) and the data are normalised with
    CKPT's statistics, so the weights see inputs on the scale they were trained on.
@@ -101,7 +101,7 @@ def _logger(root: Path) -> str:
 
 
 def _common(settings: RetrainSettings, root: Path) -> list[str]:
-    from meteovision.pipeline.train_cli import resolve_config_path
+    from meteovision.pipeline.training.cli import resolve_config_path
 
     return ["--config", resolve_config_path(str(settings.config)),
             "--data.init_args.data_dir", str(settings.data),
@@ -111,7 +111,7 @@ def _common(settings: RetrainSettings, root: Path) -> list[str]:
 def checkpoint_stats_file(checkpoint: Path, out: Path) -> Path:
     """The checkpoint's joint input (+ target) statistics as a ``normalization_path`` JSON."""
     from meteovision.datasets.normalization import NormalizationStats
-    from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
 
     meta = load_checkpoint(checkpoint)[CHECKPOINT_KEY]
     parts = [meta.get("normalization"), meta.get("target_normalization")]
@@ -136,7 +136,7 @@ def _initial_weights_callback(checkpoint: Path) -> Any:
     """A callback loading ``checkpoint``'s network weights when fitting starts (fine-tuning)."""
     import lightning.pytorch as L
 
-    from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
 
     class InitialWeights(L.Callback):
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -163,7 +163,7 @@ def _initial_weights_callback(checkpoint: Path) -> Any:
 
 def _build_cli(argv: list[str]) -> Any:
     """LightningCLI (``run=False``) for ``argv``; its note about ``args`` beside ``sys.argv`` does not apply."""
-    from meteovision.pipeline.train_cli import build_cli
+    from meteovision.pipeline.training.cli import build_cli
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
@@ -219,7 +219,7 @@ def _score(report: dict[str, Any], metric: str, what: str) -> float:
 
 
 def _task_kind(checkpoint: Path) -> str:
-    from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
 
     return str(load_checkpoint(checkpoint)[CHECKPOINT_KEY].get("task_kind") or "")
 
@@ -243,7 +243,7 @@ def _fmt(value: Any) -> str:
 
 def model_card(checkpoint: Path, metrics: dict[str, Any], report: dict[str, Any]) -> str:
     """The Markdown model card of a promoted candidate: data, period, metrics beside the baseline, use, limits."""
-    from meteovision.pipeline.checkpoints import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
 
     meta = load_checkpoint(checkpoint)[CHECKPOINT_KEY]
     data = meta.get("data_description") or {}
@@ -378,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Retrain and decide; 0 promoted, 3 kept the current model, 2 error."""
-    from meteovision.pipeline.train_cli import package_error
+    from meteovision.pipeline.training.cli import package_error
 
     try:
         settings = RetrainSettings(config=Path(args.config), data=args.data.resolve(), models=args.models,

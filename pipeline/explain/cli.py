@@ -10,8 +10,8 @@ Examples::
 ``filters`` writes ``filters_<layer>.png`` (rows: filters, columns: input channels) and
 ``filters_<layer>.npz`` (the optimised inputs, activations and gains); ``saliency`` writes a PNG
 and a CF NetCDF named like the prediction's product with ``_saliency`` added (classifiers: a PNG
-and an ``.npz``). The methods: :mod:`meteovision.pipeline.explain` (filters) and
-:mod:`meteovision.pipeline.explain_saliency` (saliency).
+and an ``.npz``). The methods: :mod:`meteovision.pipeline.explain.filters` (filters) and
+:mod:`meteovision.pipeline.explain.saliency` (saliency).
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _error(message: str) -> int:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from meteovision.pipeline.checkpoints import load_inference_model
-    from meteovision.pipeline.explain import conv_layers, default_size
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
+    from meteovision.pipeline.explain.filters import conv_layers, default_size
 
     model = load_inference_model(args.checkpoint)
     layers = conv_layers(model.net, int(model.meta["in_channels"]), args.size or default_size(model))
@@ -104,8 +104,8 @@ def _layers(args: argparse.Namespace) -> int:
 
 
 def _filters(args: argparse.Namespace) -> int:
-    from meteovision.pipeline.checkpoints import load_inference_model
-    from meteovision.pipeline.explain import AscentSettings, default_size, explain_filters
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
+    from meteovision.pipeline.explain.filters import AscentSettings, default_size, explain_filters
 
     settings = AscentSettings(steps=args.steps, lr=args.lr, jitter=args.jitter, blur_every=args.blur_every,
                               blur_sigma=args.blur_sigma, l2_decay=args.l2_decay, clamp=args.clamp)
@@ -117,8 +117,8 @@ def _filters(args: argparse.Namespace) -> int:
 
 
 def _saliency(args: argparse.Namespace) -> int:
-    from meteovision.pipeline.checkpoints import load_inference_model
-    from meteovision.pipeline.explain_saliency import explain_saliency
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
+    from meteovision.pipeline.explain.saliency import explain_saliency
 
     model = load_inference_model(args.checkpoint)
     result = explain_saliency(model, args.input, args.out, args.region, args.output_channel,

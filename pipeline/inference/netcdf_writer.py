@@ -41,8 +41,8 @@ from typing import Any
 import netCDF4
 import numpy as np
 
-from meteovision.pipeline.atomic import atomic_write, is_valid_netcdf
-from meteovision.pipeline.products import (
+from meteovision.pipeline.inference.atomic import atomic_write, is_valid_netcdf
+from meteovision.pipeline.inference.products import (
     Product,
     ProductGrid,
     ProductVariable,

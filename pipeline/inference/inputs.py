@@ -22,8 +22,8 @@ import xarray as xr
 
 from meteovision.datasets.errors import MissingVariableError
 from meteovision.datasets.readers import open_dataset
-from meteovision.pipeline.checkpoints import CheckpointMismatchError
-from meteovision.pipeline.products import ProductGrid
+from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError
+from meteovision.pipeline.inference.products import ProductGrid
 
 log = logging.getLogger(__name__)
 

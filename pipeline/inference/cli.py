@@ -17,9 +17,9 @@ from pathlib import Path
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
-from meteovision.pipeline.predict import PRECISIONS
-from meteovision.pipeline.predict_inputs import expand_inputs
-from meteovision.pipeline.predict_outputs import OUTPUT_FORMATS
+from meteovision.pipeline.inference.inputs import expand_inputs
+from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
+from meteovision.pipeline.inference.predict import PRECISIONS
 
 PRECISION_HELP = (
     "the network's arithmetic: auto (default) = bf16 autocast on CUDA, float32 on the CPU; 32 = float32 "
@@ -69,8 +69,8 @@ def _error(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the prediction; return the exit code."""
-    from meteovision.pipeline.checkpoints import load_inference_model
-    from meteovision.pipeline.predict import Outcome, PredictReport, PredictSettings, run_prediction
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
+    from meteovision.pipeline.inference.predict import Outcome, PredictReport, PredictSettings, run_prediction
 
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import netCDF4
 
-from meteovision.pipeline.products import WriterError
+from meteovision.pipeline.inference.products import WriterError
 
 log = logging.getLogger(__name__)
 

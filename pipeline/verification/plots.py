@@ -19,12 +19,12 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.quicklook import NODATA_COLOUR, RAIN_ABOVE, RAIN_COLOURS, RAIN_LEVELS
-from meteovision.pipeline.verification import format_value
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.quicklook import NODATA_COLOUR, RAIN_ABOVE, RAIN_COLOURS, RAIN_LEVELS
+from meteovision.pipeline.verification.lead_scores import format_value
 
 if TYPE_CHECKING:
-    from meteovision.pipeline.evaluate import EvaluationResult, MapCase
+    from meteovision.pipeline.verification.evaluate import EvaluationResult, MapCase
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ def _save(fig: Figure, path: Path, title: str) -> Path:
 
 def write_skill_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
     """``skill_vs_lead_<metric>.png`` for CSI at 1 and 5 mm h-1, FSS at the table scale and MAE."""
-    from meteovision.pipeline.evaluate import plot_metrics
-
     leads = [result.lead_minutes(k) for k in range(result.n_leads)]
     written = []
     for metric in plot_metrics(result):
@@ -156,3 +154,9 @@ def write_maps(result: EvaluationResult, out_dir: Path) -> list[Path]:
         path = out_dir / f"maps_{stamp}_+{format_value(case.lead_minutes)}min.png"
         written.append(write_map(case, result, path))
     return written
+
+
+def plot_metrics(result: EvaluationResult) -> list[str]:
+    """Metrics drawn against lead time: CSI at 1 and 5 mm h-1, FSS at the table scale, MAE."""
+    names = result.accumulators[result.methods[0]].metric_names()
+    return [m for m in ("csi@1", "csi@5", result.table_fss_metric(), "mae") if m in names]

@@ -9,8 +9,8 @@ high-frequency noise, so every step rolls the input by a few pixels (jitter), ev
 blurs it a little, decays it (L2) and clamps it to a plausible range of the normalised input
 space; the gradient is divided by its RMS so the step size means the same on every layer.
 
-Where a prediction looks (saliency) is :mod:`meteovision.pipeline.explain_saliency`; the
-command line is :mod:`meteovision.pipeline.explain_cli`; :func:`explain_for_report` gives the
+Where a prediction looks (saliency) is :mod:`meteovision.pipeline.explain.saliency`; the
+command line is :mod:`meteovision.pipeline.explain.cli`; :func:`explain_for_report` gives the
 demo its figures.
 """
 
@@ -35,9 +35,9 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.checkpoints import InferenceModel, load_inference_model
-from meteovision.pipeline.predict_outputs import task_kind_of
+from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.outputs import task_kind_of
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def save_filter_result(result: FilterResult, path: Path) -> Path:
 def default_size(model: InferenceModel) -> int:
     """Input side to trace and visualise a checkpoint at: a classifier's image size, else 64."""
     if task_kind_of(model.meta) == "classification":
-        from meteovision.pipeline.predict_images import image_size_of
+        from meteovision.pipeline.inference.images import image_size_of
 
         return image_size_of(model)
     return TRACE_SIZE

@@ -37,11 +37,11 @@ from torch import Tensor, nn
 
 from meteovision.datasets import normalization
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.checkpoints import InferenceModel, load_inference_model
-from meteovision.pipeline.networks import AdvectionNowcast
-from meteovision.pipeline.predict import PredictSettings, infer_field, prepare_model, require_kind
-from meteovision.pipeline.predict_outputs import num_lead_times
-from meteovision.pipeline.tiling import TilingSettings
+from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
+from meteovision.pipeline.inference.outputs import num_lead_times
+from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
+from meteovision.pipeline.inference.tiling import TilingSettings
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class NetworkNowcast:
     """A trained meteovision nowcast checkpoint, run as ``meteovision predict`` runs it.
 
     The last N frames go through the predict stage's normalisation, tiling and output code
-    (:func:`~meteovision.pipeline.predict.infer_field`; NaN where the last frame is NaN). Leads
+    (:func:`~meteovision.pipeline.inference.predict.infer_field`; NaN where the last frame is NaN). Leads
     beyond the M trained ones come from an advection head continuing its own motion; other heads
     refuse them. The data are taken as given: a checkpoint trained at another time step or grid
     spacing gets a warning, not a resampling.

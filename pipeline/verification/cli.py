@@ -53,13 +53,9 @@ def _error(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table, write the outputs; return the exit code."""
-    from meteovision.pipeline.evaluate import (
-        load_config,
-        markdown_table,
-        run_evaluation,
-        table_caption,
-        write_outputs,
-    )
+    from meteovision.pipeline.verification.evaluate import run_evaluation
+    from meteovision.pipeline.verification.evaluate_config import load_config
+    from meteovision.pipeline.verification.evaluation_outputs import markdown_table, table_caption, write_outputs
 
     try:
         cfg = load_config(args.config, data_root=args.data_root, output_dir=args.output,

@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from meteovision.datasets.readers import open_dataset
 from meteovision.datasets.torch_datasets import resize_image
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.checkpoints import InferenceModel, load_checkpoint
-from meteovision.pipeline.predict import (
+from meteovision.pipeline.checkpoints.loading import InferenceModel, load_checkpoint
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.engine import (
     UNIT_ERRORS,
     Outcome,
     PredictReport,
@@ -40,8 +40,8 @@ from meteovision.pipeline.predict import (
     ensure_output_folder,
     require_kind,
 )
-from meteovision.pipeline.predict_inputs import InputMismatchError, iso_minutes, utc_datetime
-from meteovision.pipeline.products import default_package_versions, product_filename
+from meteovision.pipeline.inference.inputs import InputMismatchError, iso_minutes, utc_datetime
+from meteovision.pipeline.inference.products import default_package_versions, product_filename
 
 log = logging.getLogger(__name__)
 

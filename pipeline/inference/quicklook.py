@@ -22,8 +22,8 @@ from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize,
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.products import Product, ProductError, ProductVariable, lead_minutes
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.products import Product, ProductError, ProductVariable, lead_minutes
 
 log = logging.getLogger(__name__)
 

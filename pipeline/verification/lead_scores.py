@@ -19,7 +19,7 @@ not in the neighbourhoods of FSS. The fraction of a scored pixel is (events amon
 pixels of its window) / (number of scored pixels in its window); the outside of the grid is
 not scored either. So a masked area (outside radar coverage, pixels whose Lagrangian source
 lies outside the domain) is "unknown", not "no rain". This differs at the grid edges from
-pysteps' ``fss`` and from ``meteovision.pipeline.metrics.FractionsSkillScore``, which count
+pysteps' ``fss`` and from ``meteovision.pipeline.training.metrics.FractionsSkillScore``, which count
 the outside of the grid as non-events.
 
 FSS scales are given in km and converted to odd windows of pixels for the grid's spacing by

@@ -21,8 +21,8 @@ import rasterio.crs
 import rasterio.errors
 from affine import Affine
 
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.products import (
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.products import (
     Product,
     ProductGrid,
     ProductVariable,

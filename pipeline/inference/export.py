@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.checkpoints import InferenceModel, file_sha256
+from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256
+from meteovision.pipeline.inference.atomic import atomic_write
 from meteovision.pipeline.versions import package_versions
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Example::
     meteovision export --checkpoint bow.ckpt --format onnx --output models/bow.onnx
 
 The sidecar (``models/bow.onnx.json``) holds the channel names, units and normalisation a
-consumer needs; see :mod:`meteovision.pipeline.export`.
+consumer needs; see :mod:`meteovision.pipeline.inference.export`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
-from meteovision.pipeline.export import EXPORT_FORMATS
+from meteovision.pipeline.inference.export import EXPORT_FORMATS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export; return the exit code (0, or 2 when the checkpoint cannot be exported)."""
-    from meteovision.pipeline.checkpoints import load_inference_model
-    from meteovision.pipeline.export import export_model
+    from meteovision.pipeline.checkpoints.loading import load_inference_model
+    from meteovision.pipeline.inference.export import export_model
 
     try:
         model = load_inference_model(args.checkpoint)

@@ -33,10 +33,10 @@ import rasterio.errors
 from scipy.special import expit, softmax
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.atomic import is_valid_netcdf
-from meteovision.pipeline.checkpoints import InferenceModel
-from meteovision.pipeline.predict_inputs import utc_datetime
-from meteovision.pipeline.products import (
+from meteovision.pipeline.checkpoints.loading import InferenceModel
+from meteovision.pipeline.inference.atomic import is_valid_netcdf
+from meteovision.pipeline.inference.inputs import utc_datetime
+from meteovision.pipeline.inference.products import (
     Product,
     ProductGrid,
     ProductVariable,
@@ -294,8 +294,8 @@ def build_product(
 
 def write_product(product: Product, path: Path, fmt: str, overwrite: bool, quicklook: bool) -> list[Path]:
     """Write ``product`` (NetCDF or GeoTIFF) and, when asked, one PNG per variable and lead time."""
-    from meteovision.pipeline.geotiff_writer import write_product_geotiff
-    from meteovision.pipeline.netcdf_writer import write_product_netcdf
+    from meteovision.pipeline.inference.geotiff_writer import write_product_geotiff
+    from meteovision.pipeline.inference.netcdf_writer import write_product_netcdf
 
     written = [write_product_netcdf(product, path, overwrite=overwrite) if fmt == "netcdf"
                else write_product_geotiff(product, path, overwrite=overwrite)]
@@ -306,7 +306,7 @@ def write_product(product: Product, path: Path, fmt: str, overwrite: bool, quick
 
 def write_quicklooks(product: Product, folder: Path, overwrite: bool) -> list[Path]:
     """PNGs ``<product name>[_leadNNNNmin]_<variable>.png``; existing ones are kept unless ``overwrite``."""
-    from meteovision.pipeline.quicklook import write_quicklook
+    from meteovision.pipeline.inference.quicklook import write_quicklook
 
     prov = product.provenance
     paths = []

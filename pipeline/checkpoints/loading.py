@@ -180,7 +180,7 @@ def load_inference_model(path: str | Path) -> InferenceModel:
     Loads with ``weights_only=True``; the network is rebuilt from the model registry with the
     stored name, channel counts and settings, then given the trained weights (strict).
     """
-    from meteovision.pipeline.networks import build_network
+    from meteovision.pipeline.checkpoints.networks import build_network
 
     path = Path(path)
     ckpt = load_checkpoint(path)

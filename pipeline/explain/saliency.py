@@ -30,10 +30,17 @@ from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
 from meteovision.datasets.errors import SeriesError
-from meteovision.pipeline.atomic import atomic_write
-from meteovision.pipeline.checkpoints import InferenceModel
-from meteovision.pipeline.explain import ExplainError, channel_names_of, default_size, device_of, frozen, save_png
-from meteovision.pipeline.predict_inputs import (
+from meteovision.pipeline.checkpoints.loading import InferenceModel
+from meteovision.pipeline.explain.filters import (
+    ExplainError,
+    channel_names_of,
+    default_size,
+    device_of,
+    frozen,
+    save_png,
+)
+from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.inputs import (
     Frame,
     InputSpec,
     expand_inputs,
@@ -42,8 +49,8 @@ from meteovision.pipeline.predict_inputs import (
     read_frames,
     utc_datetime,
 )
-from meteovision.pipeline.predict_outputs import task_kind_of
-from meteovision.pipeline.products import Product, ProductVariable, Provenance, product_filename
+from meteovision.pipeline.inference.outputs import task_kind_of
+from meteovision.pipeline.inference.products import Product, ProductVariable, Provenance, product_filename
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +359,7 @@ def explain_saliency(
     title = (f"{model.application} / {model.model_name}, {iso_minutes(frames[-1].time)}: where the "
              f"{described}, summed over {where}, looks")
     png = write_saliency_png(result, out_dir / f"{stem}_saliency.png", title)
-    from meteovision.pipeline.netcdf_writer import write_product_netcdf
+    from meteovision.pipeline.inference.netcdf_writer import write_product_netcdf
 
     nc = write_product_netcdf(saliency_product(model, result, frames), out_dir / f"{stem}_saliency.nc",
                               overwrite=True)
@@ -361,7 +368,7 @@ def explain_saliency(
 
 def _classifier_saliency(model: InferenceModel, files: Sequence[Path], out_dir: Path, region: str | None,
                          class_index: int | None) -> SaliencyResult:
-    from meteovision.pipeline.predict_images import read_image
+    from meteovision.pipeline.inference.images import read_image
 
     if region is not None:
         raise ExplainError("a classifier explains a whole image: --region does not apply")

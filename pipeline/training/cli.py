@@ -33,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.tasks import MeteoTask
+from meteovision.pipeline.training.tasks import MeteoTask
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.verification import format_value
+from meteovision.pipeline.verification.lead_scores import format_value
 
 __all__ = [
     "ClassificationScores",

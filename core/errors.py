@@ -1,0 +1,7 @@
+"""The root of every error meteovision raises on purpose, so a caller can catch ours and not a bug's."""
+
+from __future__ import annotations
+
+
+class MeteovisionError(Exception):
+    """Base of every error this package raises on purpose."""

@@ -1,0 +1,1 @@
+"""Explanation: what each convolution filter responds to (activation maximisation), and saliency maps."""

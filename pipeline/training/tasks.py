@@ -1,0 +1,508 @@
+"""Lightning tasks: the training, validation and test loops of the four kinds of problem.
+
+A task builds its network from the model registry (name and settings from the config),
+its loss from the loss registry and its optimiser from a mapping, so a scientist changes
+channels, architecture and loss in YAML alone. The number of input and output channels is
+taken from the datamodule when the config leaves it out. Everything inference needs
+(channel names and units, normalisation, class names, versions, data description) is
+written into the checkpoint under the key ``"meteovision"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from meteovision.datasets.normalization import NormalizationStats
+from meteovision.models import get_model_spec
+from meteovision.pipeline.checkpoints.loading import (
+    CHECKPOINT_KEY,
+    CheckpointMismatchError,
+    check_data_matches,
+    checkpoint_metadata,
+)
+from meteovision.pipeline.checkpoints.networks import build_network
+from meteovision.pipeline.training.losses import build_loss
+from meteovision.pipeline.training.metrics import (
+    ClassificationScores,
+    ContingencyScores,
+    FractionsSkillScore,
+    RegressionScores,
+    SegmentationScores,
+)
+from meteovision.pipeline.training.optim import build_optimizer, build_scheduler
+from meteovision.pipeline.training.report import format_comparison_table
+from meteovision.pipeline.verification.baselines import get_baseline
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Tensor]
+
+
+def _metric(metrics: nn.ModuleDict, key: str) -> Metric:
+    """A metric of a ModuleDict, typed (ModuleDict values are plain Modules to type checkers)."""
+    return cast(Metric, metrics[key])
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MeteoTask(L.LightningModule):
+    """Shared machinery: model construction, optimiser, checkpoint metadata, test report."""
+
+    task_kind: ClassVar[str] = "dense"
+    default_loss: ClassVar[dict[str, Any]] = {"name": "mse"}
+
+    def __init__(
+        self,
+        application: str,
+        model: str = "unet",
+        model_settings: dict[str, Any] | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        baseline: str | None = None,
+        thresholds: list[float] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.application = application
+        self.model_name = model
+        self.model_settings = dict(model_settings or {})
+        self.loss_settings = dict(loss or self.default_loss)
+        self.optimizer_settings = dict(optimizer or {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
+        self.scheduler_settings = dict(scheduler) if scheduler else None
+        self.baseline_name = baseline
+        self.thresholds = list(thresholds) if thresholds else [0.5]
+        self.use_channels_last = channels_last
+        self.loss_fn = build_loss(**self.loss_settings)
+        # check the model name and settings now, not after the data has been read and normalised
+        get_model_spec(self.model_name, **self.model_settings)
+        self.net: nn.Module | None = None
+        self.data_meta: dict[str, Any] = {}
+        self._stats_cache: dict[str, NormalizationStats | None] = {}
+        if in_channels is not None and out_channels is not None:
+            self._build_net(in_channels, out_channels)
+
+    # ------------------------------------------------------------------ model
+    nowcast_head: str = "direct"
+    max_speed: float | None = None
+
+    def network_description(self, in_channels: int, out_channels: int) -> dict[str, Any]:
+        """What ``build_network`` needs; also recorded in the checkpoint for inference."""
+        variables = self.hparams.get("variables_per_frame") or len(self.data_meta.get("input_variables") or []) or 1
+        return {
+            "model_name": self.model_name,
+            "model_settings": self.model_settings,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "nowcast_head": self.nowcast_head,
+            "variables_per_frame": int(variables),
+            "max_speed": self.max_speed,
+        }
+
+    def _build_net(self, in_channels: int, out_channels: int) -> None:
+        description = self.network_description(in_channels, out_channels)
+        self.net = build_network(description)
+        self.hparams["in_channels"] = in_channels
+        self.hparams["out_channels"] = out_channels
+        if self.nowcast_head != "direct":
+            self.hparams["variables_per_frame"] = description["variables_per_frame"]
+        if self.use_channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._build_metrics()
+
+    def configure_model(self) -> None:
+        """Build the network once the datamodule has told us the channel counts."""
+        dm = self._datamodule()
+        if self.net is None:
+            if dm is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: in_channels/out_channels are not set and no datamodule is attached "
+                    "to infer them from"
+                )
+            in_ch = self.hparams.get("in_channels") or len(dm.channel_names)
+            out_ch = self.hparams.get("out_channels") or self.output_channels_from(dm)
+            self._build_net(int(in_ch), int(out_ch))
+        # after the net is built: the metadata records its channel counts (load_inference_model needs them)
+        if dm is not None and getattr(dm, "channel_names", None):
+            self.data_meta = checkpoint_metadata(self, dm)
+            self._stats_cache.clear()
+
+    def output_channels_from(self, dm: Any) -> int:
+        return len(dm.target_names)
+
+    def _datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.net is None:
+            raise RuntimeError("the network is not built yet: call configure_model() or give the channel counts")
+        if self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # ------------------------------------------------------------------ metrics (per kind)
+    def _build_metrics(self) -> None:
+        self.val_metrics = self.make_metrics()
+        self.test_metrics = self.make_metrics()
+        self.baseline_metrics = self.make_metrics() if self.baseline_name else None
+
+    def make_metrics(self) -> nn.ModuleDict:
+        raise NotImplementedError
+
+    def predictions_for_metrics(self, output: Tensor) -> Tensor:
+        """Model output -> the quantity the metrics score (probability, physical value, class)."""
+        return output
+
+    def target_for_metrics(self, batch: Batch) -> Tensor:
+        return batch["target"]
+
+    def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
+        target = self.target_for_metrics(batch)
+        mask = batch.get("mask")
+        for key in metrics:
+            _metric(metrics, key).update(pred, target, mask)
+
+    @staticmethod
+    def compute_metrics(metrics: nn.ModuleDict) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in metrics:
+            metric = _metric(metrics, name)
+            for key, value in metric.compute().items():
+                if isinstance(value, Tensor) and value.numel() == 1:
+                    out[f"{name}/{key}"] = float(value)
+            metric.reset()
+        return out
+
+    # ------------------------------------------------------------------ loops
+    def compute_loss(self, output: Tensor, batch: Batch) -> Tensor:
+        return self.loss_fn(output, batch["target"], batch.get("mask"))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        output = self(batch["inputs"])
+        loss = self.compute_loss(output, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        output = self(batch["inputs"])
+        loss = self.compute_loss(output, batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["inputs"].shape[0])
+        self.update_metrics(self.val_metrics, self.predictions_for_metrics(output), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.compute_metrics(self.val_metrics)
+        self.log_dict({f"val/{k}": v for k, v in scores.items() if math.isfinite(v)}, sync_dist=False)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        output = self(batch["inputs"])
+        loss = self.compute_loss(output, batch)
+        self.log("test/loss", loss, sync_dist=True, batch_size=batch["inputs"].shape[0])
+        self.update_metrics(self.test_metrics, self.predictions_for_metrics(output), batch)
+        if self.baseline_metrics is not None and self.baseline_name:
+            baseline = get_baseline(self.baseline_name)
+            physical_inputs = self.physical_inputs(batch)
+            self.update_metrics(self.baseline_metrics, baseline(physical_inputs, self.data_meta), batch)
+
+    def physical_inputs(self, batch: Batch) -> Tensor:
+        """Inputs in physical units (baselines work on those), undoing the stored normalisation."""
+        stats = self._stats("normalization")
+        return batch["inputs"] if stats is None else stats.denormalize(batch["inputs"], channel_axis=1)
+
+    def to_physical_target(self, x: Tensor) -> Tensor:
+        """Target-space values -> physical units (identity when targets are not normalised)."""
+        stats = self._stats("target_normalization")
+        return x if stats is None else stats.denormalize(x, channel_axis=1)
+
+    def _stats(self, key: str) -> NormalizationStats | None:
+        if key not in self._stats_cache:
+            data = self.data_meta.get(key)
+            self._stats_cache[key] = NormalizationStats.from_dict(data) if data else None
+        return self._stats_cache[key]
+
+    def on_test_epoch_end(self) -> None:
+        model_scores = self.compute_metrics(self.test_metrics)
+        self.log_dict({f"test/{k}": v for k, v in model_scores.items() if math.isfinite(v)})
+        baseline_scores = self.compute_metrics(self.baseline_metrics) if self.baseline_metrics is not None else {}
+        # trainer.log_dir broadcasts under DDP: every rank must ask, or rank 0 waits for the others forever
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            self._write_test_report(model_scores, baseline_scores, out_dir)
+
+    def _write_test_report(
+        self, model_scores: dict[str, float], baseline_scores: dict[str, float], out_dir: Path
+    ) -> None:
+        report = {
+            "application": self.application,
+            "model": self.model_name,
+            "baseline": self.baseline_name,
+            "model_scores": model_scores,
+            "baseline_scores": baseline_scores,
+            "data": self.data_meta.get("data_description", {}),
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "test_metrics.json"
+        # strict JSON: an undefined score (NaN, e.g. FAR with no event forecast) is written as null
+        path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, default=str, allow_nan=False))
+        table = format_comparison_table(self.application, self.model_name, self.baseline_name,
+                                        model_scores, baseline_scores)
+        print(table)  # the test report is user output, not a log line
+        log.info("test metrics written to %s", path)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.parameters(), self.optimizer_settings)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1
+        scheduler = build_scheduler(optimizer, self.scheduler_settings, max_epochs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.data_meta or checkpoint_metadata(self, self._datamodule())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise CheckpointMismatchError(
+                "this checkpoint was not written by meteovision: it has no 'meteovision' metadata"
+            )
+        dm = self._datamodule()
+        if dm is not None and getattr(dm, "channel_names", None):
+            check_data_matches(meta, dm)
+        self.data_meta = meta
+        self._stats_cache.clear()
+        if self.net is None:
+            self._build_net(int(meta["in_channels"]), int(meta["out_channels"]))
+
+
+class SegmentationTask(MeteoTask):
+    """Binary (one logit channel) or multiclass (one logit per class) masks: bow echoes, radar artefacts."""
+
+    task_kind: ClassVar[str] = "segmentation"
+    default_loss: ClassVar[dict[str, Any]] = {"name": "bce_dice"}
+
+    def __init__(
+        self,
+        application: str,
+        model: str = "unet",
+        model_settings: dict[str, Any] | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        baseline: str | None = None,
+        thresholds: list[float] | None = None,
+        channels_last: bool = False,
+        rain_kept_channel: str | None = None,
+        rain_kept_threshold: float = 5.0,
+    ) -> None:
+        """``rain_kept_channel`` (radar cleaning): score the share of true echoes of that input channel
+        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged."""
+        self.rain_kept_channel = rain_kept_channel
+        self.rain_kept_threshold = rain_kept_threshold
+        super().__init__(
+            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
+            baseline, thresholds, channels_last,
+        )
+
+    def output_channels_from(self, dm: Any) -> int:
+        classes = getattr(dm, "class_names", None)
+        return 1 if not classes or len(classes) <= 2 else len(classes)
+
+    @property
+    def binary(self) -> bool:
+        return int(self.hparams["out_channels"]) == 1
+
+    def make_metrics(self) -> nn.ModuleDict:
+        n = 2 if self.binary else int(self.hparams["out_channels"])
+        metrics: dict[str, nn.Module] = {"seg": SegmentationScores(num_classes=n)}
+        if self.binary:
+            metrics["cont"] = ContingencyScores(thresholds=[0.5])
+        if self.binary and self.rain_kept_channel:
+            metrics["rain"] = RainKept()
+        return nn.ModuleDict(metrics)
+
+    def predictions_for_metrics(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output) if self.binary else output.argmax(dim=1)
+
+    def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
+        target = batch["target"]
+        mask = batch.get("mask")
+        if self.binary:
+            _metric(metrics, "cont").update(pred, target, mask)
+            _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
+                                  None if mask is None else mask.squeeze(1))
+            if "rain" in metrics and self.rain_kept_channel:
+                echo = _channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
+                true_echo = (echo >= self.rain_kept_threshold) & (target.squeeze(1) < 0.5)
+                if mask is not None:
+                    true_echo &= mask.squeeze(1)
+                _metric(metrics, "rain").update(pred.squeeze(1) < 0.5, true_echo)
+        else:
+            _metric(metrics, "seg").update(pred, target, mask)
+
+
+class RainKept(Metric):
+    """Share of true precipitation echoes that a cleaning method leaves in place (higher is better)."""
+
+    full_state_update = False
+    kept: Tensor
+    total: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("kept", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, kept: Tensor, true_echo: Tensor) -> None:
+        self.kept += (kept & true_echo).sum()
+        self.total += true_echo.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        total = self.total.double()
+        share = self.kept.double() / total if self.total > 0 else torch.tensor(float("nan"), dtype=torch.float64)
+        return {"rain_kept": share, "n": self.total}
+
+
+def _channel_of(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
+    names = list(meta.get("channel_names") or [])
+    if name not in names:
+        raise KeyError(f"rain_kept_channel '{name}' is not an input channel; inputs are {names}")
+    return inputs[:, names.index(name)]
+
+
+class NowcastTask(MeteoTask):
+    """N past frames in, M future frames out; scored in physical units at every lead time."""
+
+    task_kind: ClassVar[str] = "nowcast"
+    default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
+
+    def __init__(
+        self,
+        application: str,
+        model: str = "deeplabv3plus",
+        model_settings: dict[str, Any] | None = None,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        loss: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        baseline: str | None = "persistence",
+        thresholds: list[float] | None = None,
+        channels_last: bool = False,
+        fss_scales: list[int] | None = None,
+        time_step_minutes: float = 5.0,
+        nowcast_head: str = "lagrangian",
+        variables_per_frame: int | None = None,
+        max_speed: float = 12.0,
+    ) -> None:
+        """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
+        (the same plus a learned correction per lead),
+        ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
+        ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
+        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km)."""
+        if not max_speed > 0:
+            raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
+        self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
+        self.time_step_minutes = time_step_minutes
+        self.nowcast_head = nowcast_head
+        self.max_speed = float(max_speed)
+        super().__init__(
+            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
+            baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,
+        )
+
+    def make_metrics(self) -> nn.ModuleDict:
+        metrics: dict[str, nn.Module] = {}
+        for lead in range(int(self.hparams["out_channels"])):
+            tag = f"lead{round((lead + 1) * self.time_step_minutes):03d}"
+            metrics[f"{tag}_cont"] = ContingencyScores(thresholds=self.thresholds)
+            metrics[f"{tag}_reg"] = RegressionScores()
+            metrics[f"{tag}_fss"] = FractionsSkillScore(threshold=self.thresholds[min(1, len(self.thresholds) - 1)],
+                                                        scales=self.fss_scales)
+        return nn.ModuleDict(metrics)
+
+    def predictions_for_metrics(self, output: Tensor) -> Tensor:
+        return self.to_physical_target(output)
+
+    def target_for_metrics(self, batch: Batch) -> Tensor:
+        return self.to_physical_target(batch["target"])
+
+    def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
+        target = self.target_for_metrics(batch)
+        mask = batch.get("mask")
+        for lead in range(pred.shape[1]):
+            tag = f"lead{round((lead + 1) * self.time_step_minutes):03d}"
+            p, t = pred[:, lead : lead + 1], target[:, lead : lead + 1]
+            m = None if mask is None else mask[:, lead : lead + 1]
+            _metric(metrics, f"{tag}_cont").update(p, t, m)
+            _metric(metrics, f"{tag}_reg").update(p, t, m)
+            _metric(metrics, f"{tag}_fss").update(p, t, m)
+
+
+class RegressionTask(MeteoTask):
+    """Channels to a field (sat2precip), trained with a masked loss on a zero-inflated target."""
+
+    task_kind: ClassVar[str] = "regression"
+    default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
+
+    def make_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"reg": RegressionScores(), "cont": ContingencyScores(thresholds=self.thresholds)})
+
+    def predictions_for_metrics(self, output: Tensor) -> Tensor:
+        return self.to_physical_target(output).clamp_min(0.0)
+
+    def target_for_metrics(self, batch: Batch) -> Tensor:
+        return self.to_physical_target(batch["target"])
+
+
+class ClassificationTask(MeteoTask):
+    """Image to class (webcam snow cover, visibility), cross-entropy with class weights."""
+
+    task_kind: ClassVar[str] = "classification"
+    default_loss: ClassVar[dict[str, Any]] = {"name": "cross_entropy"}
+
+    def output_channels_from(self, dm: Any) -> int:
+        return len(dm.class_names)
+
+    def make_metrics(self) -> nn.ModuleDict:
+        names = self.data_meta.get("class_names") or [str(i) for i in range(int(self.hparams["out_channels"]))]
+        return nn.ModuleDict({"cls": ClassificationScores(num_classes=len(names), class_names=list(names))})
+
+    def predictions_for_metrics(self, output: Tensor) -> Tensor:
+        return output.argmax(dim=1)
+
+    def update_metrics(self, metrics: nn.ModuleDict, pred: Tensor, batch: Batch) -> None:
+        _metric(metrics, "cls").update(pred, batch["target"])
+
+
+TASKS: dict[str, type[MeteoTask]] = {
+    "segmentation": SegmentationTask,
+    "nowcast": NowcastTask,
+    "regression": RegressionTask,
+    "classification": ClassificationTask,
+}

@@ -1,0 +1,1 @@
+"""Verification: the scoring kernel, the classic baselines and nowcast methods by name, and ``evaluate``."""
