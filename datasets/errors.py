@@ -42,3 +42,19 @@ class SeriesError(MeteovisionError):
 
 class GridMismatchError(SeriesError):
     """Two frames of a series sit on different grids or CRSs."""
+
+
+class AttributeValueError(ReaderError):
+    """An attribute holds a value that cannot be the number (or numbers) the format says it is."""
+
+
+class SizeLimitError(ReaderError):
+    """The file declares a grid larger than the configured limit: refused before allocating it."""
+
+
+class UnitsError(ReaderError):
+    """The file's units are not what its labels say (an ellipsoid in km, a CRS in feet...)."""
+
+
+class ReadOptionsError(MeteovisionError):
+    """A ``ReadOptions`` value that no reader can honour (coarsen 0, an unknown method...)."""

@@ -4,9 +4,11 @@ Pick by content with ``open_dataset``/``open_series``, or by name with ``get_rea
 The output shape is written down in ``meteovision.datasets.conventions``.
 """
 
+from meteovision.datasets.readers._common import WindowSpec
 from meteovision.datasets.readers.geotiff import read_geotiff
 from meteovision.datasets.readers.netcdf import read_netcdf
 from meteovision.datasets.readers.odim import read_odim
+from meteovision.datasets.readers.options import ReadOptions
 from meteovision.datasets.readers.registry import (
     READERS,
     detect_format,
@@ -20,6 +22,8 @@ from meteovision.datasets.readers.webcam import SNOW_CLASSES, read_webcam, read_
 __all__ = [
     "READERS",
     "SNOW_CLASSES",
+    "ReadOptions",
+    "WindowSpec",
     "combine_frames",
     "detect_format",
     "get_reader",

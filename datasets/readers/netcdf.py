@@ -20,6 +20,7 @@ import xarray as xr
 
 from meteovision.datasets.conventions import GRID_MAPPING, ODIM_QUANTITIES
 from meteovision.datasets.errors import (
+    AttributeValueError,
     CorruptFileError,
     MissingVariableError,
     ReaderError,
@@ -31,10 +32,14 @@ from meteovision.datasets.readers._common import (
     build_dataset,
     check_file,
     check_not_empty,
-    resolve_window,
+    normalize_units,
     to_datetime64,
     variable_attrs,
 )
+from meteovision.datasets.readers.attributes import as_float, as_numbers
+from meteovision.datasets.readers.coarsen import Selection
+from meteovision.datasets.readers.crs_units import check_ellipsoid
+from meteovision.datasets.readers.options import ReadOptions, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -75,36 +80,42 @@ def _is_flag(attrs: Mapping[str, Any]) -> bool:
     return any(k in attrs for k in ("flag_values", "flag_masks", "flag_meanings"))
 
 
-def _unpack(raw: np.ndarray, attrs: Mapping[str, Any], apply_valid: bool) -> np.ndarray:
-    """CF unpacking to float32: masks fill/missing/out-of-valid-range values as NaN, then scales."""
+def _unpack(raw: np.ndarray, attrs: Mapping[str, Any], apply_valid: bool, path: Path, name: str) -> np.ndarray:
+    """CF unpacking to float32: masks fill/missing/out-of-valid-range values as NaN, then scales.
+
+    Every attribute goes through ``attributes`` (numeric text accepted, anything else refused).
+    """
     raw = np.asarray(raw)
     signed_dtype = raw.dtype
     if str(attrs.get("_Unsigned", "")).lower() == "true" and raw.dtype.kind == "i":
         raw = raw.view(raw.dtype.str.replace("i", "u"))
 
-    def as_raw(value: Any) -> np.ndarray:
-        arr = np.atleast_1d(np.asarray(value))
+    def as_raw(key: str) -> np.ndarray:
+        arr = as_numbers(attrs[key], path, f"{name}:{key}")
         if raw.dtype != signed_dtype and arr.dtype.kind == "i":
             return arr.astype(signed_dtype).view(raw.dtype)
         return arr
 
     mask = np.zeros(raw.shape, dtype=bool)
-    fills = [attrs[k] for k in ("_FillValue", "missing_value") if k in attrs]
+    fills = [as_raw(k) for k in ("_FillValue", "missing_value") if k in attrs]
     if "_FillValue" not in attrs and raw.dtype.kind == "f":
-        fills.append(netCDF4.default_fillvals[raw.dtype.str[1:]])
+        fills.append(np.atleast_1d(netCDF4.default_fillvals[raw.dtype.str[1:]]))
     for fill in fills:
-        for value in as_raw(fill):
+        for value in fill:
             mask |= np.isnan(raw) if np.isnan(value) else raw == value
     if apply_valid:
         if "valid_range" in attrs:
-            low, high = as_raw(attrs["valid_range"])[:2]
-            mask |= (raw < low) | (raw > high)
+            bounds = as_raw("valid_range")
+            if bounds.size != 2:
+                raise AttributeValueError(path, f"attribute {name}:valid_range = {attrs['valid_range']!r} "
+                                                "needs two numbers")
+            mask |= (raw < bounds[0]) | (raw > bounds[1])
         if "valid_min" in attrs:
-            mask |= raw < as_raw(attrs["valid_min"])[0]
+            mask |= raw < as_raw("valid_min")[0]
         if "valid_max" in attrs:
-            mask |= raw > as_raw(attrs["valid_max"])[0]
-    scale = float(_py(attrs.get("scale_factor", 1.0)))
-    offset = float(_py(attrs.get("add_offset", 0.0)))
+            mask |= raw > as_raw("valid_max")[0]
+    scale = as_float(attrs.get("scale_factor", 1.0), path, f"{name}:scale_factor")
+    offset = as_float(attrs.get("add_offset", 0.0), path, f"{name}:add_offset")
     values = raw.astype(np.float64)
     if scale != 1.0 or offset != 0.0:
         values = values * scale + offset
@@ -136,24 +147,28 @@ def _crs(nc: netCDF4.Dataset, data_vars: Iterable[Any], path: Path) -> pyproj.CR
             raise MissingVariableError(path, f"grid_mapping variable {name!r} of {var.name} is missing")
         attrs = {k: _py(v) for k, v in _attrs(nc.variables[name]).items()}
         try:
-            return pyproj.CRS.from_cf(attrs)
+            crs = pyproj.CRS.from_cf(attrs)
         except pyproj.exceptions.CRSError as exc:
             raise ReaderError(path, f"grid_mapping variable {name!r} is not a valid CF CRS ({exc})") from exc
+        check_ellipsoid(crs, path, f"grid_mapping variable {name!r}")
+        return crs
     for key in _GLOBAL_CRS_ATTRS:
         if key in nc.ncattrs():
             text = str(_py(nc.getncattr(key))).strip()
             try:
-                return pyproj.CRS.from_user_input(text)
+                crs = pyproj.CRS.from_user_input(text)
             except pyproj.exceptions.CRSError as exc:
                 raise ReaderError(path, f"global attribute {key}={text!r} is not a CRS ({exc})") from exc
+            check_ellipsoid(crs, path, f"global attribute {key}")
+            return crs
     raise MissingVariableError(path, "no grid_mapping variable and no CRS global attribute (gdal_projection)")
 
 
 def _coordinate(var: Any, crs: pyproj.CRS, path: Path) -> np.ndarray:
     """1-D projection coordinate in metres (angular geostationary coordinates times the height)."""
     attrs = _attrs(var)
-    scale = float(_py(attrs.get("scale_factor", 1.0)))
-    offset = float(_py(attrs.get("add_offset", 0.0)))
+    scale = as_float(attrs.get("scale_factor", 1.0), path, f"{var.name}:scale_factor")
+    offset = as_float(attrs.get("add_offset", 0.0), path, f"{var.name}:add_offset")
     values = np.asarray(var[:], dtype=np.float64) * scale + offset
     units = str(attrs.get("units", "m")).strip().lower()
     if units in _LENGTH_UNITS:
@@ -162,7 +177,7 @@ def _coordinate(var: Any, crs: pyproj.CRS, path: Path) -> np.ndarray:
         height = crs.to_cf().get("perspective_point_height")
         if height is None:
             raise ReaderError(path, f"coordinate {var.name} is in {units} but the CRS is not geostationary")
-        values = values * float(height)
+        values = values * as_float(height, path, "grid mapping perspective_point_height")
     else:
         raise ReaderError(path, f"coordinate {var.name} has units {units!r}, expected metres")
     if not np.isfinite(values).all():
@@ -200,12 +215,10 @@ def _times(nc: netCDF4.Dataset, path: Path) -> tuple[str | None, list[np.datetim
 def _read(
     nc: netCDF4.Dataset,
     path: Path,
-    *,
-    wanted: list[str] | None,
-    window: WindowSpec | None,
-    allow_empty: bool,
+    opts: ReadOptions,
 ) -> xr.Dataset:
     nc.set_auto_maskandscale(False)
+    wanted = None if opts.variables is None else list(opts.variables)
     x_name = _find_axis(nc, _X_NAMES, "X", "x")
     y_name = _find_axis(nc, _Y_NAMES, "Y", "y")
     if x_name is None or y_name is None:
@@ -248,44 +261,52 @@ def _read(
     y = _coordinate(nc.variables[y_name], crs, path)
     flip_x, flip_y = bool(x.size > 1 and x[1] < x[0]), bool(y.size > 1 and y[1] > y[0])
     x, y = (x[::-1] if flip_x else x), (y[::-1] if flip_y else y)
-    rows, cols = resolve_window(window, x, y, path)
-    file_rows = slice(len(y) - rows.stop, len(y) - rows.start) if flip_y else rows
-    file_cols = slice(len(x) - cols.stop, len(x) - cols.start) if flip_x else cols
+    selection = Selection.of(opts, x, y, path, n_times=len(times))
 
-    fields: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
-    for key, var in candidates.items():
-        attrs = _attrs(var)
+    def read_rows(var: Any, attrs: Mapping[str, Any], rows: slice, cols: slice) -> np.ndarray:
+        """Physical values of output rows/cols (north-up), whatever the file's axis order."""
+        file_rows = slice(len(y) - rows.stop, len(y) - rows.start) if flip_y else rows
+        file_cols = slice(len(x) - cols.stop, len(x) - cols.start) if flip_x else cols
         index = {ydim: file_rows, xdim: file_cols, tdim: slice(None)}
         raw = np.asarray(var[tuple(index[d] for d in var.dimensions)])
         order = [var.dimensions.index(d) for d in (tdim, ydim, xdim) if d in var.dimensions]
-        raw = np.transpose(raw, order)
-        values = _unpack(raw, attrs, apply_valid=not _is_flag(attrs))
+        values = _unpack(np.transpose(raw, order), attrs, not _is_flag(attrs), path, var.name)
         if flip_y:
             values = values[..., ::-1, :]
         if flip_x:
             values = values[..., ::-1]
+        return values
+
+    fields: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    for key, var in candidates.items():
+        attrs = _attrs(var)
+        units = str(_py(attrs.get("units", "1")))
+        values = selection.read(
+            lambda rows, cols, var=var, attrs=attrs: read_rows(var, attrs, rows, cols),
+            linear_db=normalize_units(units) == "dBZ",
+        )
         quantity = _py(attrs.get("quantity")) or (key if key in ODIM_QUANTITIES else None)
         extra_attrs = {
             k: _py(v) for k, v in attrs.items()
             if k not in _DROPPED_VAR_ATTRS and not (isinstance(v, str) and not v.strip())
         }
         standard_name = str(_py(attrs.get("standard_name", ""))).strip() or None
-        fields[key] = (
-            np.ascontiguousarray(values),
-            variable_attrs(
-                str(_py(attrs.get("units", "1"))), str(_py(attrs.get("long_name", key))),
-                standard_name=standard_name, quantity=quantity, extra=extra_attrs,
-            ),
+        var_attrs = variable_attrs(
+            units, str(_py(attrs.get("long_name", key))), standard_name=standard_name, quantity=quantity,
+            extra=extra_attrs,
         )
-    check_not_empty(fields, path, allow_empty)
+        var_attrs.update(selection.attrs(var_attrs["units"]))
+        fields[key] = (np.ascontiguousarray(values), var_attrs)
+    check_not_empty(fields, path, opts.allow_empty)
     globals_ = {k: str(_py(nc.getncattr(k))) for k in _KEPT_GLOBALS if k in nc.ncattrs()}
     if "Conventions" in nc.ncattrs():
         globals_["source_conventions"] = str(_py(nc.getncattr("Conventions")))
     globals_["netcdf_format"] = str(nc.data_model)
     if GRID_MAPPING in fields:
         raise ReaderError(path, f"a data variable is named {GRID_MAPPING!r}, reserved for the grid mapping")
+    x_out, y_out = selection.coords(x, y)
     return build_dataset(
-        fields, x=x[cols], y=y[rows], times=times, crs=crs, path=path, source_format=SOURCE_FORMAT,
+        fields, x=x_out, y=y_out, times=times, crs=crs, path=path, source_format=SOURCE_FORMAT,
         attrs=globals_,
     )
 
@@ -293,14 +314,16 @@ def _read(
 def read_netcdf(
     path: str | Path,
     *,
+    options: ReadOptions | None = None,
     variables: Iterable[str] | None = None,
     window: WindowSpec | None = None,
-    allow_empty: bool = False,
+    allow_empty: bool | None = None,
 ) -> xr.Dataset:
     """Read the 2-D fields of a CF NetCDF file into the reader contract (see ``conventions``).
 
     Keeps every numeric field on the (y, x) grid, optionally with the time dimension, and skips
-    palettes, coordinates and grid-mapping variables; ``variables`` selects by name. A NETCDF3
+    palettes, coordinates and grid-mapping variables. ``options`` (``ReadOptions``, overridden by
+    the keywords): ``variables`` selects by name, ``window``/``coarsen`` as for every reader. A NETCDF3
     file shorter than its header says raises ``CorruptFileError`` (the library would read fill
     values silently). An all-NaN frame raises ``EmptyFrameError`` unless ``allow_empty``.
     """
@@ -315,9 +338,10 @@ def read_netcdf(
         nc = netCDF4.Dataset(p, "r")
     except OSError as exc:
         raise CorruptFileError(p, f"netCDF4 cannot open the file ({exc})") from exc
-    wanted = None if variables is None else [str(v) for v in variables]
+    opts = with_overrides(options, p, variables=None if variables is None else tuple(variables), window=window,
+                          allow_empty=allow_empty)
     try:
         with nc:
-            return _read(nc, p, wanted=wanted, window=window, allow_empty=allow_empty)
+            return _read(nc, p, opts)
     except (OSError, RuntimeError, IndexError) as exc:
         raise CorruptFileError(p, f"unreadable NetCDF content ({type(exc).__name__}: {exc})") from exc

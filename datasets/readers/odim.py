@@ -31,10 +31,14 @@ from meteovision.datasets.readers._common import (
     build_dataset,
     check_file,
     check_not_empty,
+    normalize_units,
     parse_compact_time,
-    resolve_window,
     variable_attrs,
 )
+from meteovision.datasets.readers.attributes import as_float, as_int
+from meteovision.datasets.readers.coarsen import Selection
+from meteovision.datasets.readers.crs_units import metre_crs_from_projdef
+from meteovision.datasets.readers.options import ReadOptions, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +111,7 @@ def _parse_crs(projdef: str, path: Path) -> pyproj.CRS:
         raise ReaderError(path, f"where/projdef {projdef!r} is not a valid PROJ definition ({exc})") from exc
     if not crs.is_projected:
         raise ReaderError(path, f"where/projdef {projdef!r} is not a projected CRS")
-    factor = crs.axis_info[0].unit_conversion_factor
-    if factor != 1.0:
-        params = {k: v for k, v in crs.to_dict().items() if k not in ("units", "to_meter")}
-        params["units"] = "m"
-        crs = pyproj.CRS.from_dict(params)
-    return crs
+    return metre_crs_from_projdef(projdef, crs, path)
 
 
 def _scale_factor(extent: float, cells: int, scale: float) -> float | None:
@@ -131,10 +130,10 @@ def _grid(where: Mapping[str, Any], crs: pyproj.CRS, path: Path) -> tuple[np.nda
     never assumed: the projected corner distance must equal ``xsize * xscale`` (metres) or
     ``xsize * xscale * 1000`` (kilometres), or the file is rejected.
     """
-    xsize = int(_require(where, "xsize", "where", path))
-    ysize = int(_require(where, "ysize", "where", path))
-    xscale = float(_require(where, "xscale", "where", path))
-    yscale = float(_require(where, "yscale", "where", path))
+    xsize = as_int(_require(where, "xsize", "where", path), path, "where/xsize")
+    ysize = as_int(_require(where, "ysize", "where", path), path, "where/ysize")
+    xscale = as_float(_require(where, "xscale", "where", path), path, "where/xscale")
+    yscale = as_float(_require(where, "yscale", "where", path), path, "where/yscale")
     if xsize <= 0 or ysize <= 0 or xscale <= 0 or yscale <= 0:
         raise ReaderError(path, f"where/xsize,ysize,xscale,yscale must be positive, got "
                                 f"{xsize}, {ysize}, {xscale}, {yscale}")
@@ -144,7 +143,7 @@ def _grid(where: Mapping[str, Any], crs: pyproj.CRS, path: Path) -> tuple[np.nda
         lon, lat = where.get(f"{name}_lon"), where.get(f"{name}_lat")
         if lon is None or lat is None:
             continue
-        cx, cy = to_xy.transform(float(lon), float(lat))
+        cx, cy = to_xy.transform(as_float(lon, path, f"where/{name}_lon"), as_float(lat, path, f"where/{name}_lat"))
         if not (np.isfinite(cx) and np.isfinite(cy)):
             raise ReaderError(path, f"where/{name}_lon,{name}_lat ({lon}, {lat}) cannot be projected")
         corners[name] = (float(cx), float(cy))
@@ -195,16 +194,20 @@ def _grid(where: Mapping[str, Any], crs: pyproj.CRS, path: Path) -> tuple[np.nda
 
 
 def _physical(
-    raw: np.ndarray, what: Mapping[str, Any], undetect_value: float
+    raw: np.ndarray, what: Mapping[str, Any], undetect_value: float, path: Path, label: str
 ) -> np.ndarray:
-    """raw * gain + offset as float32; nodata -> NaN, undetect -> the no-echo value."""
-    gain = float(what.get("gain", 1.0))
-    offset = float(what.get("offset", 0.0))
+    """raw * gain + offset as float32; nodata -> NaN, undetect -> the no-echo value.
+
+    Every attribute is a number here (numeric text converted, anything else refused), so a
+    nodata stored as ``b"-9999000.0"`` masks its pixels instead of never comparing equal.
+    """
+    gain = as_float(what.get("gain", 1.0), path, f"{label}/what/gain")
+    offset = as_float(what.get("offset", 0.0), path, f"{label}/what/offset")
     values = (raw.astype(np.float64) * gain + offset).astype(np.float32)
-    if "nodata" in what:
-        values[raw == what["nodata"]] = np.nan
-    if "undetect" in what:
-        values[raw == what["undetect"]] = undetect_value
+    for key, replacement in (("nodata", np.nan), ("undetect", undetect_value)):
+        if key in what:
+            code = as_float(what[key], path, f"{label}/what/{key}", finite=False)
+            values[np.isnan(raw) if np.isnan(code) else raw == code] = replacement
     if raw.dtype.kind == "f":
         values[np.isnan(raw)] = np.nan
     return values
@@ -244,12 +247,10 @@ def _unique_name(name: str, taken: Iterable[str], group: str) -> str:
 def _read_group(
     f: h5py.File,
     path: Path,
-    *,
-    quantities: set[str] | None,
-    window: WindowSpec | None,
-    include_quality: bool,
-    allow_empty: bool,
+    options: ReadOptions,
 ) -> xr.Dataset:
+    quantities = None if options.variables is None else set(options.variables)
+    include_quality = options.include_quality
     root_what = _group_attrs(f, "what")
     root_where = _group_attrs(f, "where")
     root_how = _group_attrs(f, "how")
@@ -269,32 +270,37 @@ def _read_group(
     fields: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     quality: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     grid_where: dict[str, Any] | None = None
-    rows = cols = slice(None)
+    selection: Selection | None = None
     crs: pyproj.CRS | None = None
     x = y = np.empty(0)
 
     def ensure_grid(where: dict[str, Any]) -> None:
-        nonlocal grid_where, crs, x, y, rows, cols
+        nonlocal grid_where, crs, x, y, selection
         if grid_where is None:
             projdef = where.get("projdef")
             if not projdef:
                 raise MissingVariableError(path, "where/projdef is missing: the projection is unknown")
             crs = _parse_crs(str(projdef), path)
             x, y = _grid(where, crs, path)
-            rows, cols = resolve_window(window, x, y, path)
+            selection = Selection.of(options, x, y, path)
             grid_where = where
             return
         keys = ("projdef", "xsize", "ysize", "xscale", "yscale", "UL_lon", "UL_lat", "LL_lon", "LL_lat")
-        if any(where.get(k) != grid_where.get(k) for k in keys):
+        if any(repr(where.get(k)) != repr(grid_where.get(k)) for k in keys):
             raise ReaderError(path, "datasets of this file sit on different grids (where differs)")
 
-    def read_array(group: h5py.Group, label: str) -> np.ndarray:
+    def read_field(group: h5py.Group, label: str, what: Mapping[str, Any], no_echo: float, units: str) -> np.ndarray:
+        """Physical values of ``label/data`` on the selection (strip reads when coarsened)."""
         if "data" not in group:
             raise MissingVariableError(path, f"{label}/data is missing")
         ds = group["data"]
         if ds.ndim != 2 or ds.shape != (len(y), len(x)):
             raise ReaderError(path, f"{label}/data has shape {ds.shape}, where says {(len(y), len(x))}")
-        return np.asarray(ds[rows, cols])
+        assert selection is not None  # set by ensure_grid, called first
+        return selection.read(
+            lambda rows, cols: _physical(np.asarray(ds[rows, cols]), what, no_echo, path, label),
+            linear_db=normalize_units(units) == "dBZ",
+        )
 
     def add_quality(group: h5py.Group, label: str, parent_what: Mapping[str, Any]) -> None:
         q_what = _group_attrs(group, "what")
@@ -305,7 +311,7 @@ def _read_group(
             std, units, long_name, no_echo = _quantity_info(q_quantity)
         else:
             std, units, long_name, no_echo = None, "1", name, float("nan")
-        values = _physical(read_array(group, label), q_what, no_echo)
+        values = read_field(group, label, q_what, no_echo, units)
         extra = {"odim_group": label, "quality_of": str(parent_what.get("quantity", ""))}
         attrs = variable_attrs(
             units, f"quality: {long_name}", standard_name=std, quantity=q_quantity or None, extra=extra
@@ -332,7 +338,7 @@ def _read_group(
             ensure_grid(where)
             selected = True
             std, units, long_name, no_echo = _quantity_info(quantity)
-            values = _physical(read_array(group, label), what, no_echo)
+            values = read_field(group, label, what, no_echo, units)
             info: dict[str, Any] = {"odim_group": label, **_time_attrs(what, path)}
             if "product" in what:
                 info["product"] = str(what["product"])
@@ -356,13 +362,18 @@ def _read_group(
             raise MissingVariableError(path, f"quantities {missing} not in the file")
     if not fields or crs is None:
         raise MissingVariableError(path, "no dataN group with data")
-    check_not_empty(fields, path, allow_empty)
+    check_not_empty(fields, path, options.allow_empty)
+    if selection is not None and selection.factor > 1:
+        for _, attrs in (*fields.values(), *quality.values()):
+            attrs.update(selection.attrs(attrs["units"]))
 
     ds_attrs = {"odim_object": obj, "odim_conventions": str(_decode(f.attrs.get("Conventions", b"")))}
     if "source" in root_what:
         ds_attrs["odim_source"] = str(root_what["source"])
+    assert selection is not None  # a field was read
+    x_out, y_out = selection.coords(x, y)
     return build_dataset(
-        {**fields, **quality}, x=x[cols], y=y[rows], times=[nominal], crs=crs, path=path,
+        {**fields, **quality}, x=x_out, y=y_out, times=[nominal], crs=crs, path=path,
         source_format=SOURCE_FORMAT, attrs=ds_attrs,
     )
 
@@ -378,20 +389,24 @@ def is_odim(f: h5py.File) -> bool:
 def read_odim(
     path: str | Path,
     *,
+    options: ReadOptions | None = None,
     quantities: Iterable[str] | None = None,
     window: WindowSpec | None = None,
-    include_quality: bool = True,
-    allow_empty: bool = False,
+    include_quality: bool | None = None,
+    allow_empty: bool | None = None,
 ) -> xr.Dataset:
     """Read an ODIM_H5 composite into the reader contract (see ``conventions``).
 
-    ``quantities`` selects ODIM quantities (e.g. ``["RATE"]``); ``window`` reads a sub-grid
-    (only the HDF5 chunks it touches are decompressed); ``include_quality`` adds the
-    ``qualityN`` groups as variables named by ``how/task``, ``what/quantity`` or ``qualityN``.
-    An all-nodata frame raises ``EmptyFrameError`` unless ``allow_empty``.
+    ``options`` (``ReadOptions``): ``variables`` selects ODIM quantities (e.g. ``["RATE"]``);
+    ``window`` reads a sub-grid (only the HDF5 chunks it touches are decompressed); ``coarsen``
+    averages blocks strip by strip; ``include_quality`` adds the ``qualityN`` groups as variables
+    named by ``how/task``, ``what/quantity`` or ``qualityN``. The keywords override ``options``
+    (``quantities`` is ``variables``). An all-nodata frame raises ``EmptyFrameError`` unless
+    ``allow_empty``.
     """
     p = check_file(path)
-    wanted = None if quantities is None else {str(q) for q in quantities}
+    opts = with_overrides(options, p, variables=quantities, window=window, include_quality=include_quality,
+                          allow_empty=allow_empty)
     try:
         f = h5py.File(p, "r")
     except OSError as exc:
@@ -400,9 +415,6 @@ def read_odim(
         with f:
             if not is_odim(f):
                 raise UnknownFormatError(p, "HDF5 file without an ODIM_H5 Conventions attribute")
-            return _read_group(
-                f, p, quantities=wanted, window=window, include_quality=include_quality,
-                allow_empty=allow_empty,
-            )
+            return _read_group(f, p, opts)
     except (OSError, KeyError, RuntimeError) as exc:
         raise CorruptFileError(p, f"unreadable HDF5 content ({type(exc).__name__}: {exc})") from exc

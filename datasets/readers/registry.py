@@ -111,7 +111,8 @@ def detect_format(path: str | Path) -> str:
 def open_dataset(path: str | Path, *, format: str | None = None, **kwargs: Any) -> xr.Dataset:
     """Read any supported file; the reader comes from ``format`` if given, else from the content.
 
-    Keyword arguments go to the reader (e.g. ``quantities=`` for ODIM, ``coarsen=`` for GeoTIFF).
+    Keyword arguments go to the reader: ``options=ReadOptions(...)``, honoured by every reader,
+    or a reader's own keywords (``quantities=`` for ODIM, ``band=`` for GeoTIFF).
     """
     reader = get_reader(format) if format is not None else READERS[detect_format(path)]
     return reader(path, **kwargs)

@@ -17,8 +17,15 @@ import pandas as pd
 import xarray as xr
 from PIL import Image, UnidentifiedImageError
 
-from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError
-from meteovision.datasets.readers._common import TimeLike, check_file, time_from_filename, to_datetime64
+from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError, SizeLimitError
+from meteovision.datasets.readers._common import (
+    TimeLike,
+    check_file,
+    resolve_window,
+    time_from_filename,
+    to_datetime64,
+)
+from meteovision.datasets.readers.options import ReadOptions, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +62,42 @@ def _camera_from_name(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
+def _pixel_window(options: ReadOptions, width: int, height: int, path: Path) -> tuple[slice, slice]:
+    """Rows/cols of ``options.window``; refuses what a photo cannot honour (bounds, coarsen, variables)."""
+    if options.variables is not None and tuple(options.variables) != ("image",):
+        raise MissingVariableError(path, f"variables {list(options.variables)} asked for; a webcam photo holds "
+                                         "only 'image'")
+    if options.coarsen != 1:
+        raise ReaderError(path, f"coarsen={options.coarsen}: webcam photos are not block-averaged (resize them)")
+    if options.window is not None and len(options.window) == 4:
+        raise ReaderError(path, f"window {options.window} is in map coordinates; a webcam photo has none "
+                                "(give pixel rows and columns)")
+    cells = 3 * width * height
+    if cells > options.max_cells:
+        raise SizeLimitError(path, f"image of {width} x {height} pixels: {cells:,} values, over the limit of "
+                                   f"{options.max_cells:,} (ReadOptions.max_cells)")
+    return resolve_window(options.window, np.arange(width), np.arange(height), path)
+
+
 def read_webcam(
-    path: str | Path, *, time: TimeLike | None = None, camera: str | None = None, allow_empty: bool = False
+    path: str | Path,
+    *,
+    options: ReadOptions | None = None,
+    time: TimeLike | None = None,
+    camera: str | None = None,
+    allow_empty: bool | None = None,
 ) -> xr.Dataset:
     """Read a webcam image as ``image`` on ``(time, band, y, x)`` uint8 RGB (no CRS, pixel coordinates).
 
     ``time`` (e.g. from the labels table) wins over the file name, which wins over EXIF.
+    ``options``: a pixel ``window`` crops; map bounds, ``coarsen`` and other variables are refused.
     ``allow_empty`` is accepted for a uniform reader signature: a photo has no nodata pixels.
     """
     p = check_file(path)
+    opts = with_overrides(options, p, allow_empty=allow_empty)
     try:
         with Image.open(p) as im:
+            rows, cols = _pixel_window(opts, im.width, im.height, p)
             im.load()
             exif_time = _exif_time(im, p) if time is None and time_from_filename(p) is None else None
             rgb = im.convert("RGB") if im.mode != "RGB" else im.copy()
@@ -78,15 +110,15 @@ def read_webcam(
         if found is None:
             raise MissingVariableError(p, "no time: pass time=, name it <camera>_YYYYmmddHHMM or set EXIF")
         stamp = found
-    pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)[np.newaxis]
+    pixels = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)[np.newaxis, :, rows, cols]
     height, width = pixels.shape[2:]
     ds = xr.Dataset(
         {"image": (("time", "band", "y", "x"), pixels, {"long_name": "webcam image", "units": "1"})},
         coords={
             "time": ("time", np.array([stamp], dtype="datetime64[ns]"), {"standard_name": "time"}),
             "band": ("band", ["R", "G", "B"]),
-            "y": ("y", np.arange(height), {"long_name": "pixel row (downwards)", "units": "1"}),
-            "x": ("x", np.arange(width), {"long_name": "pixel column", "units": "1"}),
+            "y": ("y", rows.start + np.arange(height), {"long_name": "pixel row (downwards)", "units": "1"}),
+            "x": ("x", cols.start + np.arange(width), {"long_name": "pixel column", "units": "1"}),
         },
     )
     ds.attrs["source_path"] = str(p)

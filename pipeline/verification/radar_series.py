@@ -7,17 +7,12 @@ import math
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyproj
 
 from meteovision.datasets.conventions import crs_of
-from meteovision.datasets.readers import detect_format, open_series
-
-if TYPE_CHECKING:
-    pass
-
+from meteovision.datasets.readers import ReadOptions, WindowSpec, open_series
 from meteovision.pipeline.verification.evaluate_config import EvaluationConfig, EvaluationError
 
 logger = logging.getLogger(__name__)
@@ -53,47 +48,15 @@ def _input_files(cfg: EvaluationConfig) -> list[Path]:
     return files
 
 
-def _reader_options(cfg: EvaluationConfig, fmt: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+def read_options(cfg: EvaluationConfig) -> ReadOptions:
+    """The one read request of an evaluation, the same for every file format."""
+    window: WindowSpec | None = None
     if cfg.crop_bounds_m is not None:
-        options["window"] = tuple(cfg.crop_bounds_m)
+        window = tuple(cfg.crop_bounds_m)  # type: ignore[assignment]
     elif cfg.crop_pixels is not None:
-        options["window"] = tuple(tuple(p) for p in cfg.crop_pixels)
-    if fmt == "odim_h5":
-        options.update(quantities=[cfg.variable], include_quality=False)
-    elif fmt == "cf_netcdf":
-        options["variables"] = [cfg.variable]
-    elif fmt == "geotiff" and cfg.coarsen > 1:
-        options.update(coarsen=cfg.coarsen, coarsen_method="mean")
-    return options
-
-
-def coarsen_blocks(values: np.ndarray, factor: int, linear_db: bool) -> np.ndarray:
-    """Mean of the valid cells of ``factor`` x ``factor`` blocks of (T, H, W); linear Z for dBZ.
-
-    Trailing rows and columns that do not fill a block are dropped; an all-NaN block is NaN.
-    The same rule as the GeoTIFF reader's ``coarsen`` (which does this strip by strip).
-    """
-    t, h, w = values.shape
-    h2, w2 = h // factor, w // factor
-    blocks = values[:, : h2 * factor, : w2 * factor].astype(np.float64)
-    blocks = blocks.reshape(t, h2, factor, w2, factor)
-    if linear_db:
-        blocks = np.power(10.0, blocks / 10.0)
-    valid = np.isfinite(blocks)
-    total = np.where(valid, blocks, 0.0).sum(axis=(2, 4))
-    count = valid.sum(axis=(2, 4))
-    mean = np.full(total.shape, np.nan)
-    np.divide(total, count, out=mean, where=count > 0)
-    if linear_db:
-        with np.errstate(divide="ignore"):
-            mean = 10.0 * np.log10(mean)
-    return mean.astype(np.float32)
-
-
-def _block_centres(coords: np.ndarray, factor: int) -> np.ndarray:
-    n = coords.size // factor
-    return coords[: n * factor].reshape(n, factor).mean(axis=1)
+        window = tuple(tuple(p) for p in cfg.crop_pixels)  # type: ignore[assignment]
+    return ReadOptions(variables=(cfg.variable,), window=window, coarsen=cfg.coarsen, coarsen_method="mean",
+                       include_quality=False)
 
 
 def dbz_to_rate(dbz: np.ndarray, a: float = 223.0, b: float = 1.53) -> np.ndarray:
@@ -113,9 +76,8 @@ def _crs_label(crs: pyproj.CRS) -> str:
 def load_series(cfg: EvaluationConfig) -> RadarSeries:
     """Read, crop, coarsen and convert the whole series once (see the module docstring)."""
     files = _input_files(cfg)
-    fmt = detect_format(files[0])
-    logger.info("%s: reading %d %s files from %s", cfg.name, len(files), fmt, cfg.data_root)
-    ds = open_series(files, **_reader_options(cfg, fmt))
+    logger.info("%s: reading %d files from %s", cfg.name, len(files), cfg.data_root)
+    ds = open_series(files, options=read_options(cfg))
     if cfg.variable not in ds:
         names = sorted(str(v) for v in ds.data_vars if v != "crs")
         raise EvaluationError(f"{files[0]}: no variable {cfg.variable!r} (it has {names})")
@@ -128,9 +90,6 @@ def load_series(cfg: EvaluationConfig) -> RadarSeries:
     if values.ndim != 3:
         raise EvaluationError(f"{files[0]}: {cfg.variable} has dims {ds[cfg.variable].dims}, expected (time, y, x)")
     x, y = ds["x"].to_numpy(), ds["y"].to_numpy()
-    if cfg.coarsen > 1 and fmt != "geotiff":
-        values = coarsen_blocks(values, cfg.coarsen, linear_db=cfg.conversion == "dbz_to_rate")
-        x, y = _block_centres(x, cfg.coarsen), _block_centres(y, cfg.coarsen)
     if cfg.conversion == "dbz_to_rate":
         values = dbz_to_rate(values, cfg.zr_a, cfg.zr_b)
     if x.size < 2 or y.size < 2:
