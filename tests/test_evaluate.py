@@ -20,7 +20,8 @@ from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.verification.evaluate import run_evaluation
 from meteovision.pipeline.verification.evaluate_config import EvaluationError, load_config
-from meteovision.pipeline.verification.radar_series import analysis_indices, coarsen_blocks, dbz_to_rate
+from meteovision.datasets.readers.coarsen import reduce_blocks
+from meteovision.pipeline.verification.radar_series import analysis_indices, dbz_to_rate
 from tests.conftest import NcFile, write_netcdf
 from tests.test_predict import nowcast_checkpoint
 
@@ -178,6 +179,12 @@ def test_analysis_times_stay_inside_the_window_and_skip_gaps() -> None:
         "12:05", "12:10", "12:15", "12:35", "12:40"]
     inside[:3] = False
     assert [str(times[i])[11:16] for i in analysis_indices(times, inside, 5.0, 2, 1)] == ["12:35", "12:40"]
+
+
+def coarsen_blocks(values: np.ndarray, factor: int, linear_db: bool) -> np.ndarray:
+    """The readers' block mean, as evaluation gets it (trailing partial blocks dropped)."""
+    h, w = values.shape[-2] // factor * factor, values.shape[-1] // factor * factor
+    return reduce_blocks(values[..., :h, :w].copy(), factor, "mean", linear_db)
 
 
 def test_coarsening_averages_valid_cells_in_linear_units() -> None:

@@ -121,7 +121,7 @@ def open_dataset(path: str | Path, *, format: str | None = None, **kwargs: Any) 
 def open_series(paths: Iterable[str | Path], *, format: str | None = None, **kwargs: Any) -> xr.Dataset:
     """Read frames (each with ``open_dataset``), sort by time, check grids, concatenate on ``time``.
 
-    See ``series.combine_frames`` for the checks and the ``time_step_seconds``/``gaps`` attrs.
+    See ``series.combine_frames`` for the checks and the ``time_step_seconds``/``gaps``/``irregular_steps`` attrs.
     """
     files = [Path(p) for p in paths]
     if not files:

@@ -53,16 +53,22 @@ def _check_fits(ref_path: Path, ref: xr.Dataset, path: Path, ds: xr.Dataset) -> 
         )
 
 
-def time_steps(times: np.ndarray) -> tuple[int, list[tuple[str, str]]]:
-    """(modal step in seconds, gaps as (before, after) ISO pairs where the step is larger)."""
+def time_steps(times: np.ndarray) -> tuple[int, list[tuple[str, str]], list[tuple[str, str]]]:
+    """(modal step in seconds, gaps, irregular steps), both as (before, after) ISO pairs.
+
+    A gap is a whole number of modal steps (frames missing); an irregular step is any other
+    (18:00, 18:30, 19:00, 19:15: the 15-min step is irregular, not a 30-min series without gaps).
+    """
     if times.size < 2:
-        return 0, []
+        return 0, [], []
     steps = np.diff(times).astype("timedelta64[s]").astype(np.int64)
     counts = Counter(int(s) for s in steps)
     modal = min(step for step, n in counts.items() if n == max(counts.values()))
     iso = np.datetime_as_string(times.astype("datetime64[s]"), unit="s")
-    gaps = [(str(iso[i]), str(iso[i + 1])) for i in np.flatnonzero(steps > modal)]
-    return modal, gaps
+    whole = steps % modal == 0
+    gaps = [(str(iso[i]), str(iso[i + 1])) for i in np.flatnonzero(whole & (steps > modal))]
+    irregular = [(str(iso[i]), str(iso[i + 1])) for i in np.flatnonzero(~whole)]
+    return modal, gaps, irregular
 
 
 def combine_frames(frames: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
@@ -71,7 +77,8 @@ def combine_frames(frames: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
     Raises ``SeriesError`` for no frames, duplicate times or different variables, and
     ``GridMismatchError`` (naming both files) for different grids or CRSs. The result has
     attrs ``time_step_seconds`` (the modal step, 0 for one frame), ``gaps`` (ISO pairs around
-    each step longer than the modal one; a warning is logged) and ``source_paths``.
+    each step that is a whole number of modal steps longer), ``irregular_steps`` (ISO pairs around
+    each step that is not a whole number of modal steps) and ``source_paths``; both log a warning.
     """
     if not frames:
         raise SeriesError("no frames to combine")
@@ -89,13 +96,17 @@ def combine_frames(frames: Sequence[tuple[Path, xr.Dataset]]) -> xr.Dataset:
     )
     if GRID_MAPPING in ref:
         combined[GRID_MAPPING] = ref[GRID_MAPPING]
-    step, gaps = time_steps(combined["time"].to_numpy())
+    step, gaps, irregular = time_steps(combined["time"].to_numpy())
     if gaps:
         logger.warning("series from %s: %d gap(s) longer than the %d s step: %s", ref_path.parent, len(gaps),
                        step, gaps)
+    if irregular:
+        logger.warning("series from %s: %d step(s) not a whole number of the %d s step: %s", ref_path.parent,
+                       len(irregular), step, irregular)
     combined.attrs.pop("source_path", None)
     combined.attrs["source_format"] = ref.attrs.get("source_format", "")
     combined.attrs["source_paths"] = [str(p) for p, _ in frames]
     combined.attrs["time_step_seconds"] = step
     combined.attrs["gaps"] = gaps
+    combined.attrs["irregular_steps"] = irregular
     return combined

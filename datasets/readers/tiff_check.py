@@ -4,11 +4,16 @@ GDAL tolerates truncation in ways that yield silently wrong data: a cut ``GDAL_M
 tag is dropped with a warning (so gain/offset/nodata vanish and raw codes pass for dBZ),
 and a windowed read of the intact part succeeds. Walking the image file directories and
 comparing every offset with the file size catches all of these before GDAL is involved.
+
+GDAL does not verify the zlib (Adler-32) checksum of deflate-compressed strips and tiles:
+a flipped bit in a tile reads without error as tens of thousands of changed pixels. Every
+deflate block is therefore decompressed once here with Python's ``zlib``, which checks it.
 """
 
 from __future__ import annotations
 
 import mmap
+import zlib
 from pathlib import Path
 
 from meteovision.datasets.errors import CorruptFileError
@@ -17,6 +22,9 @@ from meteovision.datasets.errors import CorruptFileError
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                16: 8, 17: 8, 18: 8}
 _OFFSET_TAGS = {273: 279, 324: 325}  # StripOffsets -> StripByteCounts, TileOffsets -> TileByteCounts
+_COMPRESSION_TAG = 259
+#: Compression codes of zlib streams (Adobe deflate, old-style deflate): checksummed.
+_DEFLATE = {8, 32946}
 _MAX_IFDS = 4096
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -79,7 +87,7 @@ def _walk(t: _TiffReader) -> None:
                     raise CorruptFileError(
                         path, f"truncated TIFF: tag {tag} needs bytes up to {where + nbytes} of {t.size}"
                     )
-            if tag in _OFFSET_TAGS or tag in _OFFSET_TAGS.values():
+            if tag in _OFFSET_TAGS or tag in _OFFSET_TAGS.values() or tag == _COMPRESSION_TAG:
                 entries[tag] = t.values(where, count, size)
         for offsets_tag, counts_tag in _OFFSET_TAGS.items():
             offsets, counts = entries.get(offsets_tag, []), entries.get(counts_tag, [])
@@ -88,4 +96,19 @@ def _walk(t: _TiffReader) -> None:
                     raise CorruptFileError(
                         path, f"truncated TIFF: image data needs bytes up to {start + length} of {t.size}"
                     )
+            if entries.get(_COMPRESSION_TAG, [1])[0] in _DEFLATE:
+                _check_deflate(t, offsets, counts, "strip" if offsets_tag == 273 else "tile")
         ifd = t.uint(ifd + count_size + n_entries * entry_size, word)
+
+
+def _check_deflate(t: _TiffReader, offsets: list[int], counts: list[int], kind: str) -> None:
+    """Decompress every deflate block: zlib verifies its Adler-32 checksum, GDAL does not."""
+    for index, (start, length) in enumerate(zip(offsets, counts, strict=False)):
+        if not length:
+            continue  # a sparse block, never written
+        try:
+            zlib.decompress(t.data[start : start + length])
+        except zlib.error as exc:
+            raise CorruptFileError(
+                t.path, f"{kind} {index} (bytes {start}-{start + length}) fails its zlib check: {exc}"
+            ) from exc
