@@ -144,6 +144,29 @@ class NormalizationStats:
             counts=tuple(self.counts[i] for i in idx) if self.counts else (),
         )
 
+    def union(self, *others: NormalizationStats) -> NormalizationStats:
+        """These channels followed by the channels of ``others`` not already here (first statistics win).
+
+        Joins a checkpoint's input and target statistics into one file without editing the dict layout.
+        Per-channel counts are dropped when channels are added: they no longer describe one fit.
+        """
+        names, units, transforms = list(self.channel_names), list(self.channel_units), list(self.transforms)
+        mean, std = list(self.mean), list(self.std)
+        for other in others:
+            for i, name in enumerate(other.channel_names):
+                if name in names:
+                    continue
+                names.append(name)
+                units.append(other.channel_units[i])
+                transforms.append(other.transforms[i])
+                mean.append(other.mean[i])
+                std.append(other.std[i])
+        added = len(names) != self.num_channels
+        return NormalizationStats(
+            channel_names=tuple(names), channel_units=tuple(units), transforms=tuple(transforms), mean=tuple(mean),
+            std=tuple(std), fill_value=self.fill_value, counts=() if added else self.counts,
+        )
+
     # -- applying --------------------------------------------------------------------------------------------
     def _repeats(self, size: int) -> int:
         """How many times the channels repeat along the channel axis (frame-major stacks of time steps)."""

@@ -165,3 +165,15 @@ def test_bad_files_name_the_file(tmp_path: Path) -> None:
     bad.write_text('{"channel_names": ["a"]}')
     with pytest.raises(NormalizationError, match=r"bad\.json.*lack"):
         NormalizationStats.load_json(bad)
+
+
+def test_union_appends_the_new_channels_of_other_statistics() -> None:
+    inputs = NormalizationStats(("RATE", "QIND"), ("mm h-1", "1"), ("log10_rain", "none"), (1.0, 0.5), (2.0, 0.1),
+                                counts=(10, 10))
+    target = NormalizationStats(("RATE", "DBZH"), ("mm h-1", "dBZ"), ("log1p", "none"), (9.0, 20.0), (9.0, 5.0))
+    joint = inputs.union(target)
+    assert joint.channel_names == ("RATE", "QIND", "DBZH")
+    assert joint.transforms == ("log10_rain", "none", "none")  # RATE keeps the inputs' statistics
+    assert joint.mean == (1.0, 0.5, 20.0) and joint.std == (2.0, 0.1, 5.0)
+    assert joint.counts == ()
+    assert inputs.union(inputs) == inputs and inputs.union(inputs).counts == (10, 10)

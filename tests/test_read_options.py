@@ -133,8 +133,8 @@ def test_evaluation_series_coarsened_by_the_reader_matches_the_old_block_mean(tm
     x = 1000.0 * np.arange(11) + 500.0
     y = 9000.0 - 1000.0 * np.arange(9) - 500.0
     for i in range(3):
-        write_netcdf(tmp_path / f"rate_{i}.nc", NcFile(values=field[i : i + 1], times=(f"2024-01-02T12:{5 * i:02d}:00",),
-                                                       x=x, y=y, packed=False))
+        stamp = f"2024-01-02T12:{5 * i:02d}:00"
+        write_netcdf(tmp_path / f"rate_{i}.nc", NcFile(values=field[i : i + 1], times=(stamp,), x=x, y=y, packed=False))
     cfg = {"name": "coarse", "data_root": str(tmp_path), "inputs": "rate_*.nc", "variable": "RATE",
            "coarsen": 2, "past_frames": 1, "max_lead_minutes": 5, "fss_scales_km": [2], "table_fss_scale_km": 2,
            "methods": ["persistence"], "maps": "none", "output_dir": str(tmp_path / "out")}

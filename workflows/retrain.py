@@ -118,18 +118,7 @@ def checkpoint_stats_file(checkpoint: Path, out: Path) -> Path:
     stats = [NormalizationStats.from_dict(p) for p in parts if p]
     if not stats:
         raise RetrainError(f"{checkpoint}: records no normalisation statistics")
-    joint: dict[str, Any] = stats[0].to_dict()
-    for extra in stats[1:]:
-        for i, name in enumerate(extra.channel_names):
-            if name in joint["channel_names"]:
-                continue
-            joint["channel_names"].append(name)
-            joint["channel_units"].append(extra.channel_units[i])
-            joint["transforms"].append(extra.transforms[i])
-            joint["mean"].append(extra.mean[i])
-            joint["std"].append(extra.std[i])
-            joint["counts"] = []
-    return NormalizationStats.from_dict(joint).save_json(out)
+    return stats[0].union(*stats[1:]).save_json(out)
 
 
 def _initial_weights_callback(checkpoint: Path) -> Any:
