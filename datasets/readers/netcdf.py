@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -281,10 +282,7 @@ def _read(
     for key, var in candidates.items():
         attrs = _attrs(var)
         units = str(_py(attrs.get("units", "1")))
-        values = selection.read(
-            lambda rows, cols, var=var, attrs=attrs: read_rows(var, attrs, rows, cols),
-            linear_db=normalize_units(units) == "dBZ",
-        )
+        values = selection.read(partial(read_rows, var, attrs), linear_db=normalize_units(units) == "dBZ")
         quantity = _py(attrs.get("quantity")) or (key if key in ODIM_QUANTITIES else None)
         extra_attrs = {
             k: _py(v) for k, v in attrs.items()
