@@ -188,9 +188,23 @@ def _grid(where: Mapping[str, Any], crs: pyproj.CRS, path: Path) -> tuple[np.nda
         raise MissingVariableError(path, "where/UL_lon,UL_lat or LL_lon,LL_lat is needed for the grid origin")
     # Corners come as lon/lat with ~1e-9 degree precision: snap the origin to the millimetre.
     x0, top = round(x0, 3), round(top, 3)
+    _check_corners(corners, x0, top, xsize * dx, ysize * dy, 0.5 * min(dx, dy), path)
     x = x0 + (np.arange(xsize) + 0.5) * dx
     y = top - (np.arange(ysize) + 0.5) * dy
     return x, y
+
+
+def _check_corners(
+    corners: Mapping[str, tuple[float, float]], x0: float, top: float, width: float, height: float, tol: float,
+    path: Path,
+) -> None:
+    """Every corner the file gives lies within half a cell of the grid's own corner (so lon/lat round-trip)."""
+    grid = {"UL": (x0, top), "UR": (x0 + width, top), "LL": (x0, top - height), "LR": (x0 + width, top - height)}
+    for name, (cx, cy) in corners.items():
+        off = max(abs(cx - grid[name][0]), abs(cy - grid[name][1]))
+        if off > tol:
+            raise ReaderError(path, f"where/{name}_lon,{name}_lat lie {off:.0f} m from the grid's {name} corner "
+                                    "(xsize * xscale from the other corners): the corners disagree")
 
 
 def _physical(
