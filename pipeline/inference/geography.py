@@ -146,9 +146,19 @@ def _crossings(pieces: list[np.ndarray], axis: int, level: float) -> list[float]
     return found
 
 
-def draw_geography(ax: Axes, crs: pyproj.CRS, extent: tuple[float, float, float, float],
-                   unit_scale: float = 1.0, *, resolution: str = "i") -> None:
-    """Coastlines, borders and a degree graticule on ``ax`` (extent: left, right, bottom, top in axes units)."""
+@dataclass(frozen=True)
+class _Layer:
+    """Projected lines and degree ticks of one map extent (computed once, drawn on every panel)."""
+
+    coastlines: tuple[np.ndarray, ...]
+    borders: tuple[np.ndarray, ...]
+    graticule: tuple[np.ndarray, ...]
+    xticks: tuple[tuple[float, str], ...]
+    yticks: tuple[tuple[float, str], ...]
+
+
+@lru_cache(maxsize=8)
+def _layer(crs: pyproj.CRS, extent: tuple[float, float, float, float], unit_scale: float, resolution: str) -> _Layer:
     geodetic = pyproj.CRS.from_epsg(4326)
     to_map = pyproj.Transformer.from_crs(geodetic, crs, always_xy=True)
     to_geo = pyproj.Transformer.from_crs(crs, geodetic, always_xy=True)
@@ -156,24 +166,46 @@ def draw_geography(ax: Axes, crs: pyproj.CRS, extent: tuple[float, float, float,
     native = (left * unit_scale, right * unit_scale, bottom * unit_scale, top * unit_scale)
     west, east, south, north = _lonlat_box(to_geo, native)
     max_jump = 0.5 * max(abs(right - left), abs(top - bottom))
-    for kind, gid, colour, width in (("gshhs", COASTLINE_GID, "0.15", 0.7), ("countries", BORDER_GID, "0.3", 0.6)):
+    found: dict[str, tuple[np.ndarray, ...]] = {}
+    for kind in ("gshhs", "countries"):
         lines = load_polylines(kind, resolution)
         b = lines.boxes
         near = (b[:, 1] >= west) & (b[:, 0] <= east) & (b[:, 3] >= south) & (b[:, 2] <= north)
         segments: list[np.ndarray] = []
         for index in np.flatnonzero(near):
             segments.extend(_project(to_map, lines.lines[index], unit_scale, max_jump))
-        collection = LineCollection(segments, colors=colour, linewidths=width, zorder=3, label=gid,
-                                    linestyles="solid" if kind == "gshhs" else (0, (4, 1.5)))
+        found[kind] = tuple(segments)
+    graticule, xticks, yticks = _graticule(to_map, (west, east, south, north), extent, unit_scale, max_jump)
+    return _Layer(found["gshhs"], found["countries"], graticule, xticks, yticks)
+
+
+def draw_geography(ax: Axes, crs: pyproj.CRS, extent: tuple[float, float, float, float],
+                   unit_scale: float = 1.0, *, resolution: str = "i") -> None:
+    """Coastlines, borders and a degree graticule on ``ax`` (extent: left, right, bottom, top in axes units)."""
+    layer = _layer(crs, tuple(float(v) for v in extent), float(unit_scale), resolution)  # type: ignore[arg-type]
+    styles = (
+        (layer.graticule, GRATICULE_GID, "0.45", 0.4, (0, (2, 2)), 2),
+        (layer.coastlines, COASTLINE_GID, "0.15", 0.7, "solid", 3),
+        (layer.borders, BORDER_GID, "0.3", 0.6, (0, (4, 1.5)), 3),
+    )
+    for segments, gid, colour, width, style, zorder in styles:
+        collection = LineCollection(list(segments), colors=colour, linewidths=width, linestyles=style,
+                                    zorder=zorder, label=gid)
         collection.set_gid(gid)
         ax.add_collection(collection, autolim=False)
-    _draw_graticule(ax, to_map, (west, east, south, north), extent, unit_scale, max_jump)
-    ax.set_xlim(left, right)
-    ax.set_ylim(bottom, top)
+    ax.set_xticks([x for x, _ in layer.xticks], labels=[t for _, t in layer.xticks])
+    ax.set_yticks([y for y, _ in layer.yticks], labels=[t for _, t in layer.yticks])
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
 
 
-def _draw_graticule(ax: Axes, to_map: pyproj.Transformer, box: tuple[float, float, float, float],
-                    extent: tuple[float, float, float, float], unit_scale: float, max_jump: float) -> None:
+def _graticule(
+    to_map: pyproj.Transformer, box: tuple[float, float, float, float], extent: tuple[float, float, float, float],
+    unit_scale: float, max_jump: float,
+) -> tuple[tuple[np.ndarray, ...], tuple[tuple[float, str], ...], tuple[tuple[float, str], ...]]:
+    """Meridians and parallels every few degrees, and where they cross the bottom and left edges."""
     west, east, south, north = box
     step = _graticule_step(max(north - south, (east - west) * math.cos(math.radians(0.5 * (north + south)))))
     lats = np.linspace(south, north, 200)
@@ -194,14 +226,7 @@ def _draw_graticule(ax: Axes, to_map: pyproj.Transformer, box: tuple[float, floa
         for y in _crossings(pieces, 0, left):
             if bottom <= y <= top:
                 yticks[y] = _degree_label(round(float(lat), 6), "N", "S")
-    grid = LineCollection(segments, colors="0.45", linewidths=0.4, linestyles=(0, (2, 2)), zorder=2,
-                          label=GRATICULE_GID)
-    grid.set_gid(GRATICULE_GID)
-    ax.add_collection(grid, autolim=False)
-    ax.set_xticks(sorted(xticks), labels=[xticks[k] for k in sorted(xticks)])
-    ax.set_yticks(sorted(yticks), labels=[yticks[k] for k in sorted(yticks)])
-    ax.set_xlabel("")
-    ax.set_ylabel("")
+    return tuple(segments), tuple(sorted(xticks.items())), tuple(sorted(yticks.items()))
 
 
 def has_geography(crs: pyproj.CRS | None) -> bool:

@@ -105,13 +105,25 @@ def quicklook_title(product: Product, variable_name: str, lead_index: int = 0) -
 
 def write_quicklook(product: Product, variable_name: str, path: Path, lead_index: int = 0,
                     dpi: int = 100, geography: bool = True) -> Path:
-    """Draw one field at one lead time as a PNG map; return ``path``.
+    """Draw one field at one lead time as a PNG map (see ``quicklook_figure``); return ``path``."""
+    path = Path(path)
+    fig = quicklook_figure(product, variable_name, lead_index, dpi, geography)
+    title = quicklook_title(product, variable_name, lead_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Title": title, "Software": "meteovision"})
+    log.info("wrote quicklook %s", path)
+    return path
+
+
+def quicklook_figure(product: Product, variable_name: str, lead_index: int = 0, dpi: int = 100,
+                     geography: bool = True) -> Figure:
+    """The quicklook of one field at one lead time as a matplotlib figure.
 
     On a grid with a real CRS the map shows coastlines, borders and a lat/lon graticule in the
     product's projection (``geography.draw_geography``); ``geography=False`` (synthetic or webcam
     products) keeps plain axes in km of the projection.
     """
-    path = Path(path)
     var = product.variable(variable_name)
     title = quicklook_title(product, variable_name, lead_index)
     field = var.stacked()[lead_index].astype(np.float64)
@@ -154,8 +166,4 @@ def write_quicklook(product: Product, variable_name: str, path: Path, lead_index
         bar = fig.colorbar(image, ax=ax, extend=scale.extend, ticks=ticks, shrink=0.9)
         bar.set_label(var.units if var.units != "1" else "1 (fraction)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Title": title, "Software": "meteovision"})
-    log.info("wrote quicklook %s", path)
-    return path
+    return fig
