@@ -120,6 +120,8 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
     norm = BoundaryNorm(RAIN_LEVELS, rain.N)
     unscored = np.zeros((h, w, 4))
     unscored[~case.mask] = _MASK_GREY
+    analysis = case.analysis_time.astype("datetime64[m]")
+    valid = analysis + np.timedelta64(round(case.lead_minutes), "m")
     image = None
     for ax, (name, values) in zip(axes, panels, strict=True):
         image = ax.imshow(np.ma.masked_invalid(values), cmap=rain, norm=norm, extent=extent, origin="upper",
@@ -129,7 +131,7 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
         if name != "observation":
             title += f"\nCSI at 1 mm h-1: {_csi(values, case.observation, case.mask):.2f}"
         else:
-            title += f"\n{np.datetime_as_string(case.analysis_time, unit='m')}Z +{format_value(case.lead_minutes)} min"
+            title += f"\nvalid {np.datetime_as_string(valid, unit='m')}Z"
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     crs = pyproj.CRS.from_wkt(s.crs_wkt) if s.crs_wkt else None
@@ -149,8 +151,6 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
                            aspect=30)
         bar.set_label("rain rate (mm h-1)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    analysis = case.analysis_time.astype("datetime64[m]")
-    valid = analysis + np.timedelta64(round(case.lead_minutes), "m")
     fig.suptitle(f"{result.config.name} | valid {np.datetime_as_string(valid, unit='m')}Z | "
                  f"+{format_value(case.lead_minutes)} min (analysis {np.datetime_as_string(analysis, unit='m')}Z)",
                  fontsize=9)
