@@ -110,7 +110,8 @@ def _project(
     x, y = to_map.transform(lonlat[:, 0], lonlat[:, 1])
     xy = np.column_stack([np.asarray(x), np.asarray(y)]) / unit_scale
     finite = np.asarray(np.isfinite(xy).all(axis=1), dtype=bool)
-    step = np.hypot(*np.diff(xy, axis=0).T)
+    with np.errstate(invalid="ignore"):  # inf - inf off a geostationary disk: such points are cut anyway
+        step = np.hypot(*np.diff(xy, axis=0).T)
     breaks = ~finite[:-1] | ~finite[1:] | ~(step <= max_jump)
     pieces = []
     start = 0
