@@ -116,9 +116,11 @@ def _grid_text(ds: Any) -> tuple[str, str]:
     y = np.asarray(ds["y"].values, dtype=np.float64)
     dx = float(x[1] - x[0]) if x.size > 1 else float("nan")
     dy = float(y[1] - y[0]) if y.size > 1 else float("nan")
+    xu, yu = str(ds["x"].attrs.get("units", "m")), str(ds["y"].attrs.get("units", "m"))
+    digits = 0 if xu == "m" else 3  # degrees of a latitude/longitude grid need decimals
     grid = (
-        f"{y.size} x {x.size} (y x), dx {dx:g} m, dy {dy:g} m, "
-        f"x {x.min():.0f}..{x.max():.0f} m, y {y.min():.0f}..{y.max():.0f} m"
+        f"{y.size} x {x.size} (y x), dx {dx:g} {xu}, dy {dy:g} {yu}, "
+        f"x {x.min():.{digits}f}..{x.max():.{digits}f} {xu}, y {y.min():.{digits}f}..{y.max():.{digits}f} {yu}"
     )
     try:
         crs = crs_of(ds)

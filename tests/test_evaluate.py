@@ -220,3 +220,30 @@ def test_opera_lk_beats_persistence_at_30_min(shared_data: Path, tmp_path: Path)
     # the rain band over northern France moves east at about 7 px (15 km) per 15 min: extrapolation wins
     assert result.value("lk", k30, "csi@1") > result.value("persistence", k30, "csi@1") + 0.1
     assert result.value("lk", k30, "mae") < result.value("persistence", k30, "mae")
+
+
+def test_evaluation_maps_show_geography_and_name_run_valid_time_and_lead(
+    tmp_path: Path, frames_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.collections import LineCollection
+
+    from meteovision.pipeline.verification import plots
+
+    saved: dict[str, object] = {}
+    real_save = plots._save
+
+    def keep(fig: object, path: Path, title: str) -> Path:
+        saved[path.name] = fig
+        return real_save(fig, path, title)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots, "_save", keep)
+    config = _config(tmp_path, frames_dir, methods=["persistence"], map_leads_minutes=[5])
+    plots.write_maps(run_evaluation(load_config(config)), tmp_path)
+    fig = saved["maps_20240102T1225Z_+5min.png"]
+    title = fig.get_suptitle()  # type: ignore[attr-defined]
+    assert title == "static test | valid 2024-01-02T12:30Z | +5 min (analysis 2024-01-02T12:25Z)"
+    for ax in fig.axes[:2]:  # type: ignore[attr-defined]
+        gids = {c.get_gid(): c for c in ax.collections if isinstance(c, LineCollection)}
+        assert {"coastlines", "borders", "graticule"} <= set(gids)
+        assert gids["graticule"].get_segments()
+        assert all("°" in t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels())

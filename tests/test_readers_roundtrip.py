@@ -359,7 +359,7 @@ def test_get_reader_names_and_aliases() -> None:
     assert get_reader("odim_h5") is read_odim
     assert get_reader("ODIM") is read_odim
     assert get_reader("tiff") is read_geotiff
-    assert set(READERS) == {"odim_h5", "cf_netcdf", "geotiff", "webcam_image"}
+    assert set(READERS) == {"odim_h5", "cf_netcdf", "geotiff", "webcam_image", "grib2"}
 
 
 def test_open_series_sorts_reports_gaps_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

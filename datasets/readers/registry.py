@@ -23,6 +23,7 @@ from meteovision.datasets.errors import (
 from meteovision.datasets.readers import netcdf3
 from meteovision.datasets.readers._common import check_file
 from meteovision.datasets.readers.geotiff import read_geotiff
+from meteovision.datasets.readers.grib import GRIB_MAGIC, read_grib
 from meteovision.datasets.readers.netcdf import HDF5_MAGIC, read_netcdf
 from meteovision.datasets.readers.odim import is_odim, read_odim
 from meteovision.datasets.readers.series import combine_frames
@@ -39,6 +40,7 @@ READERS: dict[str, Reader] = {
     "cf_netcdf": read_netcdf,
     "geotiff": read_geotiff,
     "webcam_image": read_webcam,
+    "grib2": read_grib,
 }
 
 _ALIASES = {
@@ -51,6 +53,7 @@ _ALIASES = {
     "webcam": "webcam_image",
     "jpeg": "webcam_image",
     "png": "webcam_image",
+    "grib": "grib2",
 }
 
 _IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
@@ -61,6 +64,7 @@ _EXTENSIONS = {
     "cf_netcdf": {".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf"},
     "geotiff": {".tif", ".tiff", ".gtif"},
     "webcam_image": {".jpg", ".jpeg", ".png"},
+    "grib2": {".grib2", ".grb2", ".grib", ".grb"},
 }
 
 
@@ -93,6 +97,8 @@ def detect_format(path: str | Path) -> str:
         found = "geotiff"
     elif head.startswith(_IMAGE_MAGICS):
         found = "webcam_image"
+    elif head.startswith(GRIB_MAGIC):
+        found = "grib2"
     elif _has_hdf5_signature(p):
         try:
             with h5py.File(p, "r") as f:
@@ -101,7 +107,7 @@ def detect_format(path: str | Path) -> str:
             raise CorruptFileError(p, f"HDF5 signature but h5py cannot open it ({exc})") from exc
     else:
         raise UnknownFormatError(
-            p, f"content matches no reader (first bytes {head!r}); known: ODIM_H5, NetCDF, GeoTIFF, JPEG, PNG"
+            p, f"content matches no reader (first bytes {head!r}); known: ODIM_H5, NetCDF, GeoTIFF, JPEG, PNG, GRIB2"
         )
     if p.suffix.lower() not in _EXTENSIONS[found]:
         logger.debug("%s: extension %r but the content is %s", p, p.suffix, found)

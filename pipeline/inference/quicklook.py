@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.geography import draw_geography, has_geography
 from meteovision.pipeline.inference.products import Product, ProductError, ProductVariable, lead_minutes
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,26 @@ def quicklook_title(product: Product, variable_name: str, lead_index: int = 0) -
 
 
 def write_quicklook(product: Product, variable_name: str, path: Path, lead_index: int = 0,
-                    dpi: int = 100) -> Path:
-    """Draw one field at one lead time as a PNG map (axes in km of the projection); return ``path``."""
+                    dpi: int = 100, geography: bool = True) -> Path:
+    """Draw one field at one lead time as a PNG map (see ``quicklook_figure``); return ``path``."""
     path = Path(path)
+    fig = quicklook_figure(product, variable_name, lead_index, dpi, geography)
+    title = quicklook_title(product, variable_name, lead_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Title": title, "Software": "meteovision"})
+    log.info("wrote quicklook %s", path)
+    return path
+
+
+def quicklook_figure(product: Product, variable_name: str, lead_index: int = 0, dpi: int = 100,
+                     geography: bool = True) -> Figure:
+    """The quicklook of one field at one lead time as a matplotlib figure.
+
+    On a grid with a real CRS the map shows coastlines, borders and a lat/lon graticule in the
+    product's projection (``geography.draw_geography``); ``geography=False`` (synthetic or webcam
+    products) keeps plain axes in km of the projection.
+    """
     var = product.variable(variable_name)
     title = quicklook_title(product, variable_name, lead_index)
     field = var.stacked()[lead_index].astype(np.float64)
@@ -118,8 +136,9 @@ def write_quicklook(product: Product, variable_name: str, path: Path, lead_index
         field = field[:, ::-1]
     dx = abs(float(grid.x[1] - grid.x[0]))
     dy = abs(float(grid.y[1] - grid.y[0]))
-    extent = ((float(grid.x.min()) - dx / 2) / 1000.0, (float(grid.x.max()) + dx / 2) / 1000.0,
-              (float(grid.y.min()) - dy / 2) / 1000.0, (float(grid.y.max()) + dy / 2) / 1000.0)
+    unit = 1.0 if grid.crs.is_geographic else 1000.0  # degrees stay degrees, metres become km
+    extent = ((float(grid.x.min()) - dx / 2) / unit, (float(grid.x.max()) + dx / 2) / unit,
+              (float(grid.y.min()) - dy / 2) / unit, (float(grid.y.max()) + dy / 2) / unit)
     ny, nx = grid.shape
     fig = Figure(figsize=(7.5, max(3.0, min(12.0, 6.0 * ny / nx + 1.2))), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -127,10 +146,12 @@ def write_quicklook(product: Product, variable_name: str, path: Path, lead_index
     nodata = np.isnan(field)
     image = ax.imshow(np.ma.masked_invalid(field), cmap=scale.cmap.with_extremes(bad=NODATA_COLOUR),
                       norm=scale.norm, extent=extent, origin="upper", interpolation="nearest")
-    ax.set_xlabel("x (km)")
-    ax.set_ylabel("y (km)")
+    if geography and has_geography(grid.crs):
+        draw_geography(ax, grid.crs, extent, unit)
+    else:
+        ax.set_xlabel("x (km)" if unit == 1000.0 else "x (degrees)")
+        ax.set_ylabel("y (km)" if unit == 1000.0 else "y (degrees)")
     ax.set_title(title if len(title) <= 70 else title.replace(" | ", "\n", 1), fontsize=10)
-    ax.text(0.0, -0.12, grid.crs.name, transform=ax.transAxes, fontsize=7, color="0.4", va="top")
     if scale.categories:
         handles = [Patch(facecolor=scale.cmap(scale.norm(v)), edgecolor="0.3", label=f"{v}: {meaning}")
                    for v, meaning in scale.categories]
@@ -145,8 +166,4 @@ def write_quicklook(product: Product, variable_name: str, path: Path, lead_index
         bar = fig.colorbar(image, ax=ax, extend=scale.extend, ticks=ticks, shrink=0.9)
         bar.set_label(var.units if var.units != "1" else "1 (fraction)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Title": title, "Software": "meteovision"})
-    log.info("wrote quicklook %s", path)
-    return path
+    return fig

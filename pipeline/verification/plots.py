@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyproj
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from meteovision.pipeline.inference.atomic import atomic_write
+from meteovision.pipeline.inference.geography import draw_geography, has_geography
 from meteovision.pipeline.inference.quicklook import NODATA_COLOUR, RAIN_ABOVE, RAIN_COLOURS, RAIN_LEVELS
 from meteovision.pipeline.verification.lead_scores import format_value
 
@@ -118,6 +120,8 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
     norm = BoundaryNorm(RAIN_LEVELS, rain.N)
     unscored = np.zeros((h, w, 4))
     unscored[~case.mask] = _MASK_GREY
+    analysis = case.analysis_time.astype("datetime64[m]")
+    valid = analysis + np.timedelta64(round(case.lead_minutes), "m")
     image = None
     for ax, (name, values) in zip(axes, panels, strict=True):
         image = ax.imshow(np.ma.masked_invalid(values), cmap=rain, norm=norm, extent=extent, origin="upper",
@@ -127,12 +131,18 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
         if name != "observation":
             title += f"\nCSI at 1 mm h-1: {_csi(values, case.observation, case.mask):.2f}"
         else:
-            title += f"\n{np.datetime_as_string(case.analysis_time, unit='m')}Z +{format_value(case.lead_minutes)} min"
+            title += f"\nvalid {np.datetime_as_string(valid, unit='m')}Z"
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("x (km)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in grid[::ncols]:
-        ax.set_ylabel("y (km)", fontsize=8)
+    crs = pyproj.CRS.from_wkt(s.crs_wkt) if s.crs_wkt else None
+    if crs is not None and has_geography(crs) and not crs.is_geographic:
+        for ax in axes:  # the projected lines are computed once (cached) and drawn on every panel
+            draw_geography(ax, crs, extent, 1000.0)
+    else:
+        for ax in axes:
+            ax.set_xlabel("x (km)", fontsize=8)
+        for ax in grid[::ncols]:
+            ax.set_ylabel("y (km)", fontsize=8)
     fig.legend(handles=[Patch(facecolor=NODATA_COLOUR, edgecolor="0.3", label="no data"),
                         Patch(facecolor=_MASK_GREY, edgecolor="0.3", label="not scored (same for all)")],
                loc="outside lower left", fontsize=7, ncol=2)
@@ -141,7 +151,9 @@ def write_map(case: MapCase, result: EvaluationResult, path: Path) -> Path:
                            aspect=30)
         bar.set_label("rain rate (mm h-1)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    fig.suptitle(f"{result.config.name}, {s.crs_name}", fontsize=9)
+    fig.suptitle(f"{result.config.name} | valid {np.datetime_as_string(valid, unit='m')}Z | "
+                 f"+{format_value(case.lead_minutes)} min (analysis {np.datetime_as_string(analysis, unit='m')}Z)",
+                 fontsize=9)
     return _save(fig, path, f"{result.config.name} +{format_value(case.lead_minutes)} min")
 
 

@@ -36,6 +36,7 @@ class RadarSeries:
     time_step_minutes: float
     files: tuple[Path, ...]
     crs_name: str
+    crs_wkt: str = ""  # empty when the files carry no CRS: maps then keep plain axes
 
 
 def _input_files(cfg: EvaluationConfig) -> list[Path]:
@@ -111,7 +112,7 @@ def load_series(cfg: EvaluationConfig) -> RadarSeries:
                 values.shape[1], values.shape[2], dx, step_min)
     return RadarSeries(rates=values, times=ds["time"].to_numpy().astype("datetime64[ns]"), x=x, y=y,
                        pixel_size_m=0.5 * (dx + dy), time_step_minutes=step_min, files=tuple(files),
-                       crs_name=crs_name)
+                       crs_name=crs_name, crs_wkt=crs_of(ds).to_wkt() if "crs" in ds else "")
 
 
 def n_leads_of(cfg: EvaluationConfig, step_minutes: float) -> int:
