@@ -298,10 +298,10 @@ class _Runner:
             self.counts.reclaimed += 1
         self.counts.processed.append(unit.key)
         try:
-            model, settings = self.model()
             code = folder_problem(self.config.output.folder)
             if code is not None:  # full or read-only before we start: spend no compute, blame no input
                 raise OutputWriteError(self.config.output.folder, code, "checked before processing")
+            model, settings = self.model()
         except MeteovisionError as err:
             self.ledger.release(unit.key, f"not attempted: {err}")
             raise
