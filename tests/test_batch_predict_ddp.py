@@ -22,8 +22,8 @@ from meteovision.pipeline.checkpoints.loading import load_inference_model
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.inference.predict import PredictSettings, predict_file, predict_sequence
 from meteovision.workflows.batch_predict import BatchPredictError, ShardSampler, predict_unit, read_records, shard
+from tests.predict_helpers import bow_checkpoint, nowcast_checkpoint, with_meta
 from tests.test_ddp import Result, run_meteovision
-from tests.test_predict import bow_checkpoint, nowcast_checkpoint, with_meta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -23,7 +23,7 @@ from meteovision.pipeline.verification.evaluate import run_evaluation
 from meteovision.pipeline.verification.evaluate_config import EvaluationError, load_config
 from meteovision.pipeline.verification.radar_series import analysis_indices, dbz_to_rate
 from tests.conftest import NcFile, write_netcdf
-from tests.test_predict import nowcast_checkpoint
+from tests.predict_helpers import nowcast_checkpoint
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Singular matrix during outlier detection:UserWarning"),

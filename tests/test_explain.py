@@ -40,8 +40,8 @@ from meteovision.pipeline.explain.saliency import (
 )
 from meteovision.pipeline.inference.inputs import InputSpec, read_frames
 from meteovision.pipeline.inference.outputs import output_path
-from tests.test_netcdf_writer import run_cf_checker
-from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
+from tests.predict_helpers import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
+from tests.product_helpers import run_cf_checker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,7 +14,7 @@ from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.export import ExportError, export_model, sidecar_path
-from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint
+from tests.predict_helpers import Trained, bow_checkpoint, nowcast_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -32,7 +32,7 @@ from meteovision.pipeline.verification.nowcast_methods import (
     lucas_kanade_motion,
     source_inside_mask,
 )
-from tests.test_predict import nowcast_checkpoint, with_meta
+from tests.predict_helpers import nowcast_checkpoint, with_meta
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

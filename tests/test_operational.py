@@ -1,37 +1,26 @@
-"""Operational runs: configuration, discovery, ledger, and the guarantees of a tick.
+"""Operational runs: configuration, discovery and the ledger.
 
-Checkpoints are the predict tests' tiny Half-UNets fitted for two batches on small synthetic
-sample data (``test_predict.bow_checkpoint`` / ``nowcast_checkpoint``); inputs are copies of
-that sample data's radar files. What is checked is bookkeeping: which units a tick processes,
-what the ledger records, which products exist, and the exit codes a scheduler acts on. The
-subprocess guarantees (SIGKILL mid-write, overlapping ticks, SIGTERM) are in
-``test_operational_crash.py``.
+What is checked is bookkeeping: which units discovery builds, what the ledger records and how it
+hands out claims. The ticks are in ``test_operational_tick.py``, the failure guarantees (a bad file,
+a full disk, duplicate times) in ``test_operational_failures.py``, the subprocess guarantees
+(SIGKILL mid-write, overlapping ticks, SIGTERM) in ``test_operational_crash.py``.
 """
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import os
-import re
-import shlex
 import shutil
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import xarray as xr
 
-from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.pipeline.inference.atomic import is_valid_netcdf
 from meteovision.workflows.discovery import (
     FileFacts,
     FileInspector,
@@ -41,112 +30,29 @@ from meteovision.workflows.discovery import (
     time_from_name,
 )
 from meteovision.workflows.ledger import Claim, Ledger, backoff_delay, pid_alive
-from meteovision.workflows.operational import TickSummary, run_tick
 from meteovision.workflows.operational_config import (
-    OperationalConfig,
     OperationalConfigError,
     load_config,
     parse_config,
     time_regex,
 )
-from meteovision.workflows.watch import parse_interval, watch
-from tests.test_predict import Trained, bow_checkpoint, nowcast_checkpoint, write_rate
+from tests.operational_helpers import (
+    BOW_NOW,
+    WORKFLOWS,
+    DictCache,
+    FakeClock,
+    bow,
+    config_dict,
+    copy_inputs,
+    make_config,
+    nowcast,
+    radar_files,
+)
+from tests.predict_helpers import Trained
+
+__all__ = ["bow", "nowcast"]  # module-scoped fixtures, shared
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-#: Event 1 of the bow-echo sample data (seed 1) runs 23:25 ... 23:50 on 2022-06-03.
-BOW_NOW = datetime(2022, 6, 4, 0, 0, tzinfo=UTC)
-PRODUCT = "meteovision_bow_echo_halfunet_{:%Y%m%dT%H%MZ}.nc"
-
-
-# ----------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def bow(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return bow_checkpoint(tmp_path_factory.mktemp("bow"))
-
-
-@pytest.fixture(scope="module")
-def nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return nowcast_checkpoint(tmp_path_factory.mktemp("nowcast"))
-
-
-def radar_files(trained: Trained, day: str) -> list[Path]:
-    """The sample radar files of one day (``YYYYmmdd``), sorted by time."""
-    return sorted(p for p in (trained.data / "radar").iterdir() if p.name.startswith(day))
-
-
-def copy_inputs(files: list[Path], folder: Path) -> list[Path]:
-    """Copies delivered an hour ago (older than any ``min_age_seconds``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = [Path(shutil.copy2(f, folder / f.name)) for f in files]
-    an_hour_ago = time.time() - 3600
-    for path in copies:
-        os.utime(path, (an_hour_ago, an_hour_ago))
-    return copies
-
-
-def config_dict(root: Path, checkpoint: Path, inputs: Path, **changes: Any) -> dict[str, Any]:
-    """A complete operational configuration under ``root`` (``changes`` replace top-level keys)."""
-    doc: dict[str, Any] = {
-        "name": "bow_echo",
-        "kind": "single_file",
-        "checkpoint": str(checkpoint),
-        "input": {"folder": str(inputs), "pattern": "*.h5", "window_hours": 24, "min_age_seconds": 0},
-        "output": {"folder": str(root / "products")},
-        "ledger": str(root / "state" / "ledger.sqlite"),
-        "lock": str(root / "state" / "ledger.lock"),
-        "quarantine_folder": str(root / "quarantine"),
-        "retry": {"max_attempts": 3, "backoff_seconds": 60},
-    }
-    doc.update(changes)
-    return doc
-
-
-def make_config(root: Path, checkpoint: Path, inputs: Path, **changes: Any) -> OperationalConfig:
-    return parse_config(config_dict(root, checkpoint, inputs, **changes), root / "config.yaml")
-
-
-def products(config: OperationalConfig) -> list[str]:
-    """Visible product names (what a consumer globbing ``*.nc`` sees)."""
-    return sorted(p.name for p in config.output.folder.glob("*.nc"))
-
-
-def name_time(path: Path) -> datetime:
-    return datetime.strptime(path.stem[-12:], "%Y%m%d%H%M").replace(tzinfo=UTC)
-
-
-def ledger_rows(config: OperationalConfig) -> list[dict[str, Any]]:
-    with sqlite3.connect(config.ledger) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM units ORDER BY reference_time, label")]
-
-
-class FakeClock:
-    """Epoch seconds that only move when told (backoff and leases without sleeping)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class DictCache:
-    """An in-memory FactsCache."""
-
-    def __init__(self) -> None:
-        self.facts: dict[Path, tuple[tuple[int, ...], FileFacts]] = {}
-
-    def get_facts(self, path: Path, signature: tuple[int, ...]) -> FileFacts | None:
-        got = self.facts.get(path)
-        return got[1] if got is not None and got[0] == signature else None
-
-    def put_facts(self, items: Any) -> None:
-        for path, signature, facts in items:
-            self.facts[path] = (signature, facts)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -421,398 +327,3 @@ def test_ledger_claims_leases_and_dead_processes(tmp_path: Path) -> None:
 def test_backoff_doubles() -> None:
     assert [backoff_delay(n, 60.0) for n in (1, 2, 3, 4)] == [60.0, 120.0, 240.0, 480.0]
     assert backoff_delay(1, 0.0) == 0.0
-
-
-# ----------------------------------------------------------------------------- ticks
-
-
-def test_tick_then_idempotent(bow: Trained, tmp_path: Path) -> None:
-    inputs = copy_inputs(radar_files(bow, "20220603"), tmp_path / "in")
-    config = make_config(tmp_path, bow.checkpoint, tmp_path / "in")
-    first = run_tick(config, now=BOW_NOW)
-    assert (first.found, first.new, first.done, first.failed, first.skipped, first.quarantined) == (
-        6,
-        6,
-        6,
-        0,
-        0,
-        0,
-    )
-    assert first.exit_code == ExitCode.OK and first.error is None
-    assert products(config) == [PRODUCT.format(name_time(p)) for p in inputs]
-    for name in products(config):
-        assert is_valid_netcdf(config.output.folder / name, ["bow_echo_probability", "bow_echo_mask"])
-    rows = ledger_rows(config)
-    assert [(r["label"], r["state"], r["attempts"]) for r in rows] == [(p.name, "done", 1) for p in inputs]
-    assert [json.loads(r["outputs"]) for r in rows] == [
-        [str(config.output.folder / PRODUCT.format(name_time(p)))] for p in inputs
-    ]
-    assert all(
-        r["checkpoint_sha256"] == hashlib.sha256(bow.checkpoint.read_bytes()).hexdigest() for r in rows
-    )
-    mtimes = {n: (config.output.folder / n).stat().st_mtime_ns for n in products(config)}
-
-    second = run_tick(config, now=BOW_NOW)
-    assert (second.found, second.new, second.done, second.failed) == (6, 0, 0, 0)
-    assert second.exit_code == ExitCode.NOTHING_TO_DO
-    assert {n: (config.output.folder / n).stat().st_mtime_ns for n in products(config)} == mtimes
-    with Ledger(config.ledger, config.lock) as ledger:
-        ticks = ledger.last_ticks()
-    assert [t["exit_code"] for t in ticks] == [3, 0]
-    assert ticks[1]["summary"]["done"] == 6
-
-
-def test_redelivered_file_is_processed_again(bow: Trained, tmp_path: Path) -> None:
-    inputs = copy_inputs(radar_files(bow, "20220603"), tmp_path / "in")
-    config = make_config(tmp_path, bow.checkpoint, tmp_path / "in")
-    assert run_tick(config, now=BOW_NOW).done == 6
-    target = config.output.folder / PRODUCT.format(name_time(inputs[2]))
-    with xr.open_dataset(target) as ds:
-        before = ds["bow_echo_probability"].load()
-    others = {p.name: p.stat().st_mtime_ns for p in config.output.folder.glob("*.nc") if p != target}
-
-    # the same time delivered again with other content (a corrected composite)
-    rate = np.zeros((48, 48), dtype=np.float32)
-    rate[10:30, 5:40] = 25.0
-    write_rate(inputs[2], name_time(inputs[2]).replace(tzinfo=None), rate)
-    again = run_tick(config, now=BOW_NOW)
-    assert (again.new, again.done, again.failed, again.exit_code) == (1, 1, 0, ExitCode.OK)
-    with xr.open_dataset(target) as ds:
-        after = ds["bow_echo_probability"].load()
-    assert not np.allclose(before.fillna(-1), after.fillna(-1))
-    assert {p.name: p.stat().st_mtime_ns for p in config.output.folder.glob("*.nc") if p != target} == others
-    same_file = [r for r in ledger_rows(config) if r["label"] == inputs[2].name]
-    assert [r["state"] for r in same_file] == ["done", "done"]
-    assert len({json.loads(r["inputs"])[0][1] for r in same_file}) == 2  # two content hashes
-    assert run_tick(config, now=BOW_NOW).exit_code == ExitCode.NOTHING_TO_DO
-
-
-def test_poison_file_backoff_then_quarantine(bow: Trained, tmp_path: Path) -> None:
-    good = copy_inputs(radar_files(bow, "20220603")[:3], tmp_path / "in")  # 23:25 23:30 23:35
-    poison = tmp_path / "in" / "202206032340.h5"
-    poison.write_bytes(b"this is not an HDF5 file\n" * 10)
-    clock = FakeClock()
-    config = make_config(tmp_path, bow.checkpoint, tmp_path / "in")
-
-    def tick(at: float) -> TickSummary:
-        clock.now = at
-        return run_tick(config, now=BOW_NOW, clock=clock)
-
-    t0 = clock.now
-    first = tick(t0)
-    assert (first.done, first.failed, first.quarantined, first.exit_code) == (
-        3,
-        1,
-        0,
-        ExitCode.PARTIAL_FAILURE,
-    )
-    (row,) = [r for r in ledger_rows(config) if r["label"] == poison.name]
-    assert (row["state"], row["attempts"], row["next_attempt_at"]) == ("failed", 1, t0 + 60)
-    assert poison.name in row["last_error"]
-
-    waiting = tick(t0 + 59)  # backoff 60 s * 2**0 not elapsed
-    assert (waiting.done, waiting.failed, waiting.skipped, waiting.exit_code) == (
-        0,
-        0,
-        1,
-        ExitCode.NOTHING_TO_DO,
-    )
-    second = tick(t0 + 60)
-    assert (second.failed, second.exit_code) == (1, ExitCode.PARTIAL_FAILURE)
-    (row,) = [r for r in ledger_rows(config) if r["label"] == poison.name]
-    assert (row["attempts"], row["next_attempt_at"]) == (2, t0 + 60 + 120)  # 60 s * 2**1
-    assert tick(t0 + 179).skipped == 1
-    third = tick(t0 + 180)
-    assert (third.failed, third.quarantined, third.done, third.exit_code) == (
-        0,
-        1,
-        0,
-        ExitCode.PARTIAL_FAILURE,
-    )
-
-    # moved aside with a note; the ledger says where; good products untouched throughout
-    assert not poison.exists()
-    moved = tmp_path / "quarantine" / poison.name
-    assert moved.read_bytes() == b"this is not an HDF5 file\n" * 10
-    note = json.loads((tmp_path / "quarantine" / f"{poison.name}.quarantine.json").read_text())
-    assert (note["attempts"], note["unit"], note["moved_to"]) == (3, poison.name, str(moved))
-    assert poison.name in note["reason"]
-    (row,) = [r for r in ledger_rows(config) if r["label"] == poison.name]
-    assert (row["state"], row["attempts"]) == ("quarantined", 3)
-    assert row["quarantine_path"] == str(tmp_path / "quarantine" / f"{poison.name}.quarantine.json")
-    assert products(config) == [PRODUCT.format(name_time(p)) for p in good]
-    later = tick(t0 + 10_000)
-    assert (later.found, later.done, later.failed, later.quarantined) == (3, 0, 0, 0)
-    assert later.exit_code == ExitCode.NOTHING_TO_DO
-
-    # an operator moves it back and requeues: fresh attempts, and it fails (and waits) anew
-    shutil.move(moved, poison)
-    with Ledger(config.ledger, config.lock, clock=clock) as ledger:
-        assert ledger.requeue() == 1
-    retried = tick(t0 + 10_001)
-    assert (retried.new, retried.failed, retried.quarantined) == (0, 1, 0)
-    (row,) = [r for r in ledger_rows(config) if r["label"] == poison.name]
-    assert (row["state"], row["attempts"], row["next_attempt_at"]) == ("failed", 1, t0 + 10_001 + 60)
-
-
-def test_nowcast_windows_and_gaps(nowcast: Trained, tmp_path: Path) -> None:
-    frames = radar_files(nowcast, "20230502")  # 00:55 ... 01:20, 5 min apart
-    assert len(frames) == 6
-    t = [name_time(f) for f in frames]
-    inputs = copy_inputs(frames, tmp_path / "in")
-    inputs[3].unlink()  # 01:10 missing
-    config = make_config(
-        tmp_path,
-        nowcast.checkpoint,
-        tmp_path / "in",
-        name="nowcast_precip",
-        kind="nowcast_sequence",
-        sequence={"frames": 3, "step_minutes": 5},
-    )
-    now = t[-1] + timedelta(minutes=5)
-    first = run_tick(config, now=now)
-    # references 00:55 01:00 01:05 01:15 01:20: only 01:05 has 00:55 01:00 01:05; the others are gaps
-    assert (first.found, first.new, first.done, first.skipped, first.exit_code) == (5, 1, 1, 4, ExitCode.OK)
-    made = sorted(p.name for p in config.output.folder.glob("*.nc"))
-    assert made == [f"meteovision_nowcast_precip_halfunet_{t[2]:%Y%m%dT%H%MZ}.nc"]
-    with xr.open_dataset(config.output.folder / made[0]) as ds:
-        assert ds.sizes["leadtime"] == 2
-        assert "rain_rate" in ds
-    gaps = {r["label"]: r for r in ledger_rows(config) if r["state"] == "skipped"}
-    assert sorted(gaps) == [f"nowcast {x:%Y-%m-%dT%H:%M:%SZ}" for x in (t[0], t[1], t[4], t[5])]
-    assert gaps[f"nowcast {t[4]:%Y-%m-%dT%H:%M:%SZ}"]["last_error"].endswith(
-        f"no frame at {t[3]:%Y-%m-%dT%H:%M:%SZ}"
-    )
-    assert gaps[f"nowcast {t[0]:%Y-%m-%dT%H:%M:%SZ}"]["last_error"].endswith(
-        f"no frame at {t[0] - timedelta(minutes=10):%Y-%m-%dT%H:%M:%SZ}, "
-        f"{t[0] - timedelta(minutes=5):%Y-%m-%dT%H:%M:%SZ}"
-    )
-
-    shutil.copy2(frames[3], inputs[3])  # the late frame arrives
-    second = run_tick(config, now=now)
-    assert (second.new, second.done, second.skipped, second.exit_code) == (3, 3, 2, ExitCode.OK)
-    assert sorted(p.name for p in config.output.folder.glob("*.nc")) == [
-        f"meteovision_nowcast_precip_halfunet_{x:%Y%m%dT%H%MZ}.nc" for x in t[2:]
-    ]
-    done = [json.loads(r["inputs"]) for r in ledger_rows(config) if r["state"] == "done"]
-    assert [[Path(p).name for p, _ in d] for d in done] == [
-        [f.name for f in inputs[i - 2 : i + 1]] for i in (2, 3, 4, 5)
-    ]
-    assert run_tick(config, now=now).exit_code == ExitCode.NOTHING_TO_DO
-
-
-def test_checkpoint_must_fit_the_config(nowcast: Trained, bow: Trained, tmp_path: Path) -> None:
-    copy_inputs(radar_files(nowcast, "20230502"), tmp_path / "in")
-    now = datetime(2023, 5, 2, 1, 30, tzinfo=UTC)
-    wrong_frames = make_config(
-        tmp_path,
-        nowcast.checkpoint,
-        tmp_path / "in",
-        kind="nowcast_sequence",
-        sequence={"frames": 4, "step_minutes": 5},
-    )
-    summary = run_tick(wrong_frames, now=now)
-    assert summary.exit_code == ExitCode.USAGE_ERROR
-    assert summary.error is not None and "sequence.frames: 4, but checkpoint" in summary.error
-    # the claim was given back without spending an attempt
-    assert {(r["state"], r["attempts"]) for r in ledger_rows(wrong_frames) if r["kind"] == "window"} == {
-        ("pending", 0)
-    }
-
-    single = make_config(tmp_path / "b", nowcast.checkpoint, tmp_path / "in")
-    summary = run_tick(single, now=now)
-    assert (
-        summary.error is not None and "kind: single_file cannot run the nowcast checkpoint" in summary.error
-    )
-
-    missing = make_config(tmp_path / "c", tmp_path / "absent.ckpt", tmp_path / "in")
-    summary = run_tick(missing, now=now)
-    assert (
-        summary.exit_code == ExitCode.USAGE_ERROR
-        and summary.error == f"checkpoint: {tmp_path / 'absent.ckpt'}: no such file"
-    )
-
-
-def test_cli_tick_and_status(bow: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import logging
-
-    from meteovision.pipeline.cli import main
-
-    copy_inputs(radar_files(bow, "20220603")[:2], tmp_path / "in")
-    path = tmp_path / "ops.yaml"
-    path.write_text(json.dumps(config_dict(tmp_path, bow.checkpoint, tmp_path / "in")))  # JSON is YAML
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        args = ["operational", "--config", str(path), "--now", "2022-06-04T00:00"]
-        assert main(args) == 0
-        assert main(args) == 3
-        assert main([*args, "--status"]) == 0
-        assert main([*args, "--check"]) == 0
-        assert main(["operational", "--config", str(path), "--now", "yesterday"]) == 2
-        assert main(["operational", "--config", str(tmp_path / "nope.yaml")]) == 2
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-    out, err = capsys.readouterr()
-    assert "bow_echo: 0 pending, 0 claimed, 2 done, 0 failed, 0 quarantined, 0 skipped" in out
-    assert "configuration 'bow_echo' is valid; checkpoint bow.ckpt (bow_echo, halfunet) fits it" in out
-    assert "--now 'yesterday': not an ISO time" in err
-    assert "nope.yaml: cannot read the configuration" in err
-
-
-def test_watch_loop_cadence_and_stop() -> None:
-    assert [parse_interval(x) for x in ("300", "30s", "5m", "1h30m", "1d")] == [300, 30, 300, 5400, 86400]
-    for bad in ("5x", "0", "-5m", "m5", ""):
-        with pytest.raises(OperationalConfigError, match="--every"):
-            parse_interval(bad)
-    stop = threading.Event()
-    calls: list[float] = []
-    fake = [0.0]
-
-    def tick() -> TickSummary:
-        calls.append(fake[0])
-        fake[0] += 2.0  # each tick takes 2 s of the fake monotonic clock
-        if len(calls) == 3:
-            stop.set()
-        return TickSummary(name="x", seconds=2.0)
-
-    summaries = watch(tick, every=0.0001, stop=stop, monotonic=lambda: fake[0])
-    assert len(summaries) == 3 and calls == [0.0, 2.0, 4.0]  # overran: next tick at once
-    stop.clear()
-    assert len(watch(tick, every=0.001, stop=stop, max_ticks=2)) == 2
-
-
-# ----------------------------------------------------------------------------- schedules
-
-
-def _unit_file(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(strict=False, interpolation=None, empty_lines_in_values=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
-    parser.read_string(path.read_text(), source=str(path))
-    return parser
-
-
-def test_systemd_units() -> None:
-    folder = WORKFLOWS / "systemd"
-    services = sorted(folder.glob("*.service"))
-    timers = sorted(folder.glob("*.timer"))
-    assert {p.name for p in timers} == {"meteovision-bow_echo.timer", "meteovision-nowcast_precip.timer"}
-    for path in services:
-        unit = _unit_file(path)
-        assert unit["Unit"]["Description"], path
-        service = unit["Service"]
-        exec_start = shlex.split(service["ExecStart"])
-        assert exec_start[1:4] == ["operational", "--config", exec_start[3]] and exec_start[0].endswith(
-            "meteovision"
-        )
-        config_name = Path(exec_start[3]).name
-        if "%i" not in config_name:
-            assert (WORKFLOWS / "examples" / config_name).is_file(), f"{path.name} runs an unknown config"
-        for key, value in (
-            ("NoNewPrivileges", "yes"),
-            ("ProtectSystem", "strict"),
-            ("ProtectHome", "yes"),
-            ("PrivateTmp", "yes"),
-            ("KillSignal", "SIGTERM"),
-        ):
-            assert service[key] == value, (path.name, key)
-        assert service["StateDirectory"].startswith("meteovision/")
-        if service["Type"] == "oneshot":
-            assert "3" in service["SuccessExitStatus"].split(), "exit 3 (nothing to do) must count as success"
-        else:
-            assert service["Type"] == "simple" and "--watch" in exec_start
-            assert service["RestartPreventExitStatus"] == "2"
-    for path in timers:
-        timer = _unit_file(path)
-        assert timer["Timer"]["OnCalendar"] == "*:0/5" and timer["Timer"]["Persistent"] == "true"
-        assert (folder / timer["Timer"]["Unit"]).is_file()
-        assert timer["Timer"]["Unit"] == path.with_suffix(".service").name
-        assert timer["Install"]["WantedBy"] == "timers.target"
-    if shutil.which("systemd-analyze"):
-        out = subprocess.run(
-            ["systemd-analyze", "calendar", "*:0/5"], capture_output=True, text=True, check=True
-        )
-        assert "Normalized form: *-*-* *:00/5:00" in out.stdout
-        for path in services + timers:
-            res = subprocess.run(
-                ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, check=False
-            )
-            problems = [
-                line
-                for line in (res.stdout + res.stderr).splitlines()
-                if line.strip() and "is not executable" not in line and "/opt/meteovision" not in line
-            ]
-            assert problems == [], problems
-
-
-_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?)(/\d+)?)*$")
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-
-
-def _cron_field_ok(text: str, low: int, high: int) -> bool:
-    if not _CRON_FIELD.match(text):
-        return False
-    numbers = [int(n) for n in re.findall(r"\d+", re.sub(r"/\d+", "", text))]
-    return all(low <= n <= high for n in numbers)
-
-
-def test_crontab_lines_parse() -> None:
-    lines = [
-        line
-        for line in (WORKFLOWS / "cron" / "crontab.example").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    entries = [line for line in lines if not re.match(r"^[A-Z_]+=", line)]
-    assert len(entries) == 2
-    for line in entries:
-        fields = line.split(None, 5)
-        assert len(fields) == 6, line
-        assert all(_cron_field_ok(f, lo, hi) for f, (lo, hi) in zip(fields[:5], _CRON_RANGES, strict=True)), (
-            line
-        )
-        assert fields[0] == "*/5"
-        words = shlex.split(fields[5])
-        start = words.index("flock")
-        assert words[start + 1] == "-n" and words[start + 2].endswith(".lock")
-        command = words[start + 3 :]
-        assert command[1:3] == ["operational", "--config"] and command[0].endswith("/meteovision")
-        assert (WORKFLOWS / "examples" / Path(command[3]).name).is_file()
-        assert "%" not in fields[5]  # cron turns % into newlines
-    assert not _cron_field_ok("*/5x", 0, 59) and not _cron_field_ok("61", 0, 59)
-
-
-def test_ecflow_suite() -> None:
-    folder = WORKFLOWS / "ecflow"
-    words = [
-        line.split()
-        for line in (folder / "meteovision.def").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    depth: list[str] = []
-    edits: dict[str, str] = {}
-    tasks: list[str] = []
-    for word in words:
-        if word[0] in ("suite", "family"):
-            depth.append(word[0])
-        elif word[0] in ("endsuite", "endfamily"):
-            assert depth and depth.pop() == word[0][3:], f"unbalanced {word[0]}"
-        elif word[0] == "edit":
-            edits[word[1]] = word[2] if len(word) > 2 else ""
-        elif word[0] == "task":
-            tasks.append(word[1])
-        elif word[0] == "cron":
-            assert len(word) == 4 and all(re.fullmatch(r"\d\d:\d\d", w) for w in word[1:]), word
-    assert depth == [] and tasks == ["tick", "tick"]
-    assert {w[2] for w in words if w[0] == "edit" and w[1] == "APP"} == {"bow_echo", "nowcast_precip"}
-    for app in ("bow_echo", "nowcast_precip"):
-        assert (WORKFLOWS / "examples" / f"{app}.yaml").is_file()
-    generated = {"ECF_PORT", "ECF_HOST", "ECF_NAME", "ECF_PASS", "ECF_TRYNO", "APP"}
-    for script in [folder / "tick.ecf", *sorted((folder / "include").glob("*.h"))]:
-        text = script.read_text()
-        text = text.replace("%%", "")
-        used = set(re.findall(r"%([A-Z_]+)%", text))
-        assert used <= set(edits) | generated, (script.name, used - set(edits) - generated)
-        includes = re.findall(r"^%include <([^>]+)>", text, flags=re.M)
-        assert all((folder / "include" / name).is_file() for name in includes)
-    assert (folder / "tick.ecf").is_file()

@@ -25,7 +25,7 @@ from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.atomic import is_valid_netcdf
 from meteovision.workflows.operational import run_tick
 from meteovision.workflows.operational_config import load_config
-from tests.test_operational import (
+from tests.operational_helpers import (
     BOW_NOW,
     PRODUCT,
     bow,
@@ -36,7 +36,7 @@ from tests.test_operational import (
     products,
     radar_files,
 )
-from tests.test_predict import Trained
+from tests.predict_helpers import Trained
 
 __all__ = ["bow"]  # fixture shared with test_operational
 

@@ -26,7 +26,7 @@ from meteovision.datasets.readers import open_dataset
 from meteovision.pipeline.checkpoints.loading import load_inference_model
 from meteovision.pipeline.inference.inputs import InputMismatchError
 from meteovision.pipeline.inference.predict import PredictSettings, predict_sequence
-from tests.test_predict import Trained, nowcast_checkpoint, only, with_meta
+from tests.predict_helpers import Trained, nowcast_checkpoint, only, with_meta
 
 pytestmark = [pytest.mark.realdata, pytest.mark.usefixtures("one_torch_thread")]
 

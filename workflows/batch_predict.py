@@ -39,6 +39,7 @@ from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.cli import PRECISION_HELP
 from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
 from meteovision.pipeline.inference.predict import PRECISIONS
+from meteovision.pipeline.inference.write_errors import OutputWriteError
 
 if TYPE_CHECKING:
     from meteovision.pipeline.checkpoints.loading import InferenceModel
@@ -134,9 +135,10 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        """As ``meteovision predict``: 0 all written, 1 some failed, 3 nothing written nor failed."""
+        """As ``meteovision predict``: 0 all written, 1 some failed, 3 nothing written nor failed, 5 all failed."""
         if self.count("failed"):
-            return ExitCode.PARTIAL_FAILURE
+            done = self.count("written") + self.count("skipped")
+            return ExitCode.PARTIAL_FAILURE if done else ExitCode.ALL_FAILED
         return ExitCode.OK if self.count("written") else ExitCode.NOTHING_TO_DO
 
     def line(self) -> str:
@@ -341,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
         files = sorted(files)  # every rank lists the same inputs in the same order
         summary = run_batch(args.checkpoint, files, settings, log_dir=args.log_dir or args.output / ".batch_predict",
                             accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
+    except OutputWriteError as err:  # before MeteovisionError: the output's fault, not the configuration's
+        print(f"meteovision batch-predict: error: {err}", file=sys.stderr)
+        return int(ExitCode.OUTPUT_UNWRITABLE)
     except MeteovisionError as err:
         print(f"meteovision batch-predict: error: {err}", file=sys.stderr)
         return int(ExitCode.USAGE_ERROR)

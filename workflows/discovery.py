@@ -6,8 +6,14 @@ A unit of work is what the ledger claims and the predict stage processes in one 
 a file delivered again with other content makes a new unit, and the same content never does.
 
 Some candidates cannot be processed and are recorded instead of claimed (state ``skipped``):
-a nowcast window with a missing frame (a gap), a file whose name holds no time, two files of
-the same time.
+a nowcast window with a missing frame (a gap), a file whose name holds no time, and a second
+file of a time already taken (``duplicate``: of the files sharing a time, the first by name is
+used, deterministically, the others are recorded once and not retried).
+
+Each file is looked at on its own. With ``time_from: reader``, a file the reader cannot open
+(whatever its library raised) is still a unit of work (kind ``file``), so the predict stage's
+failure retries and finally quarantines it, and it never keeps the other files from being
+processed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from meteovision.workflows.operational_config import OperationalConfig, time_reg
 
 log = logging.getLogger(__name__)
 
-UnitKind = Literal["file", "window", "gap", "unplaced"]
+UnitKind = Literal["file", "window", "gap", "unplaced", "duplicate"]
 #: A file whose status changed less than this long ago is hashed again next time (coarse ctime clocks).
 SETTLED_SECONDS = 2.0
 _CHUNK = 1 << 20
@@ -62,7 +68,7 @@ class InputFile:
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """A unit of work (``file``, ``window``), or why a candidate is none (``gap``, ``unplaced``)."""
+    """A unit of work (``file``, ``window``), or why a candidate is none (``gap``, ``unplaced``, ``duplicate``)."""
 
     kind: UnitKind
     label: str
@@ -123,10 +129,11 @@ def time_from_name(path: Path, time_format: str) -> datetime | None:
 
 
 def time_from_reader(path: Path) -> datetime:
-    """The last time step of the file, through the project's readers (raises their errors)."""
+    """The last time step of the file, through the project's readers (raises a ``MeteovisionError``)."""
+    from meteovision.datasets.read_guard import reading
     from meteovision.datasets.readers import open_dataset
 
-    with open_dataset(path) as ds:
+    with reading(path), open_dataset(path) as ds:
         if "time" not in ds.coords:
             raise MeteovisionError(f"{path}: no time coordinate; use input.time_from: filename")
         last = np.atleast_1d(ds["time"].to_numpy()).astype("datetime64[ns]").max()
@@ -227,6 +234,21 @@ def _unplaced(path: Path, sha: str, reason: str) -> WorkUnit:
     return WorkUnit("unplaced", path.name, (InputFile(path, None, sha),), None, reason)
 
 
+def _duplicate(path: Path, sha: str, t: datetime, first: Path) -> WorkUnit:
+    """The record of ``path``, whose time ``t`` is that of ``first`` (used instead: first by name)."""
+    reason = f"{path.name}: time {iso(t)} is also that of {first.name}; only {first.name} is used"
+    return WorkUnit("duplicate", path.name, (InputFile(path, t, sha),), t, reason)
+
+
+def _unreadable(path: Path, sha: str, config: OperationalConfig, inspector: FileInspector) -> WorkUnit:
+    """A file without a time: a record (time from the name) or, when the reader failed, work to retry."""
+    if config.input.time_from == "filename":
+        return _unplaced(path, sha, _no_time_reason(path, config, inspector))
+    # reader mode: the predict stage reads it again; its failure retries and then quarantines the
+    # file instead of leaving it in the folder, ignored, for ever.
+    return WorkUnit("file", path.name, (InputFile(path, None, sha),), None)
+
+
 def discover(config: OperationalConfig, inspector: FileInspector, now: datetime) -> Discovery:
     """The tick's units of work (and skip records), newest reference time first."""
     paths = list_candidates(config, inspector.wall_clock())
@@ -246,8 +268,9 @@ def _single_files(
 ) -> Discovery:
     times = _times(paths, inspector)
     units: list[WorkUnit] = []
+    first_of: dict[datetime, Path] = {}
     found = 0
-    for path in paths:
+    for path in paths:  # sorted by name: the first file of a time is the same every tick
         t = times[path]
         if t is not None and not in_window(t, config, now):
             continue
@@ -255,11 +278,13 @@ def _single_files(
         if facts is None:
             continue  # vanished or unreadable by the OS: nothing to claim; seen again next tick
         found += 1
-        if t is None and config.input.time_from == "filename":
-            units.append(_unplaced(path, facts.sha256, _no_time_reason(path, config, inspector)))
+        if t is None:
+            units.append(_unreadable(path, facts.sha256, config, inspector))
             continue
-        # reader mode: a file the reader cannot date is still work, so that a corrupt file is retried
-        # and quarantined by the predict stage's failure instead of being ignored for ever.
+        first = first_of.setdefault(t, path)
+        if first != path:  # both would write the same product: only the first is made
+            units.append(_duplicate(path, facts.sha256, t, first))
+            continue
         units.append(WorkUnit("file", path.name, (InputFile(path, t, facts.sha256),), t))
     units.sort(key=lambda u: (u.reference_time or datetime.max.replace(tzinfo=UTC), u.label), reverse=True)
     return Discovery(found, tuple(units))
@@ -280,21 +305,14 @@ def _sequences(
         if t is None:
             facts = inspector.facts(path)
             if facts is not None:
-                units.append(_unplaced(path, facts.sha256, _no_time_reason(path, config, inspector)))
+                units.append(_unreadable(path, facts.sha256, config, inspector))
             continue
         twin = by_time.get(t)
         if twin is not None:
             if in_window(t, config, now):
                 facts = inspector.facts(path)
                 if facts is not None:
-                    units.append(
-                        _unplaced(
-                            path,
-                            facts.sha256,
-                            f"{path.name}: time {iso(t)} is also that of "
-                            f"{twin.name}; only {twin.name} is used",
-                        )
-                    )
+                    units.append(_duplicate(path, facts.sha256, t, twin))
             continue
         by_time[t] = path
         if in_window(t, config, now):
@@ -321,5 +339,5 @@ def _sequences(
             units.append(WorkUnit("gap", label, present, ref, reason))
         else:
             units.append(WorkUnit("window", label, present, ref))
-    unplaced = sum(1 for u in units if u.kind == "unplaced")
+    unplaced = sum(1 for u in units if u.kind in ("unplaced", "duplicate", "file"))
     return Discovery(len(references) + unplaced, tuple(units))

@@ -10,7 +10,7 @@ States of a unit (``units.state``)::
     pending --claim--> claimed --finish--> done
                           |--fail--> failed --(backoff elapsed) claim--> claimed ...
                           |--fail at max_attempts--> quarantined
-    skipped: recorded, never claimed (nowcast gap, file without a time)
+    skipped: recorded, never claimed (nowcast gap, file without a time, second file of a time)
 
 ``attempts`` counts claims, so a unit whose processing kills the process (it never reaches
 ``fail``) still runs out of attempts. A claim is abandoned, and may be taken over, when its lease

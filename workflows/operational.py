@@ -14,17 +14,20 @@ or in a loop (``--watch``). A tick
    ledger, not the output folder, decides what is new);
 5. records ``done`` with the outputs, or ``failed`` with the reason and a backoff, or, after
    ``retry.max_attempts``, ``quarantined`` (the input moved to ``quarantine_folder`` with a
-   ``.quarantine.json`` note beside it).
+   ``.quarantine.json`` note beside it, :mod:`~meteovision.workflows.quarantine`).
+
+A write that fails for the output folder's sake (no space left, read-only, permission denied;
+:mod:`~meteovision.pipeline.inference.write_errors`) is nobody's input's fault: the unit is given
+back without spending an attempt and the tick stops with ``ExitCode.OUTPUT_UNWRITABLE``; the
+next tick with room makes every product.
 
 The checkpoint is loaded only when a unit is due, so an idle tick costs a folder listing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -35,11 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
-from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
-from meteovision.workflows.discovery import FileInspector, WorkUnit, discover, iso, sha256_file
+from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX
+from meteovision.pipeline.inference.write_errors import OutputWriteError, folder_problem
+from meteovision.workflows.discovery import FileInspector, WorkUnit, discover
 from meteovision.workflows.ledger import Claim, Ledger, LedgerError
 from meteovision.workflows.logs import FIELDS
 from meteovision.workflows.operational_config import OperationalConfig, OperationalConfigError
+from meteovision.workflows.quarantine import quarantine
 
 if TYPE_CHECKING:  # the predict stage imports torch: loaded only when a unit is due
     from meteovision.pipeline.checkpoints.loading import InferenceModel
@@ -67,8 +72,9 @@ class TickSummary:
     """What one tick did (counts of units; ``found`` counts input files in the time window).
 
     ``skipped``: units not attempted this tick for a reason (a nowcast gap, a file without a time,
-    a unit in its backoff wait or being processed by another tick). ``reclaimed``: abandoned
-    claims taken over. ``error``: the configuration or ledger problem that stopped the tick.
+    a second file of the same time, a unit in its backoff wait or being processed by another tick).
+    ``reclaimed``: abandoned claims taken over. ``error``: the problem that stopped the tick (the
+    configuration, the ledger, or, with ``output_unwritable``, the output folder: full, read-only).
     """
 
     name: str
@@ -81,16 +87,20 @@ class TickSummary:
     reclaimed: int = 0
     seconds: float = 0.0
     error: str | None = None
+    output_unwritable: bool = False
     stopped: bool = False
     processed: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
-        """2 configuration error; 1 some unit failed or was quarantined; 0 work done; 3 nothing to do."""
+        """4 output folder full/read-only; 2 configuration error; 1 some unit failed or was quarantined
+        and others done; 5 failures and nothing done; 0 work done; 3 nothing to do."""
+        if self.output_unwritable:
+            return ExitCode.OUTPUT_UNWRITABLE
         if self.error is not None:
             return ExitCode.USAGE_ERROR
         if self.failed or self.quarantined:
-            return ExitCode.PARTIAL_FAILURE
+            return ExitCode.PARTIAL_FAILURE if self.done else ExitCode.ALL_FAILED
         return ExitCode.OK if self.done else ExitCode.NOTHING_TO_DO
 
     def as_dict(self) -> dict[str, Any]:
@@ -212,66 +222,6 @@ def check_model(config: OperationalConfig, model: InferenceModel) -> None:
         )
 
 
-# ---------------------------------------------------------------------------- quarantine
-
-
-def _write_note(path: Path, doc: dict[str, Any]) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _free_name(folder: Path, name: str, tag: str) -> Path:
-    target = folder / name
-    return target if not target.exists() else folder / f"{target.stem}.{tag}{target.suffix}"
-
-
-def quarantine(config: OperationalConfig, unit: WorkUnit, reason: str, attempts: int) -> Path | None:
-    """Set a unit that failed for good aside; the path of its note (None: recorded in the ledger only).
-
-    A single file is moved into ``quarantine_folder`` (only if it still has the content that
-    failed: a corrected re-delivery is left in place), with ``<name>.quarantine.json`` beside it.
-    A nowcast window's frames are shared with other windows, so they stay; a note names them.
-    """
-    folder = config.quarantine_folder
-    log.error("%s quarantined after %d attempt(s): %s", unit.label, attempts, reason)
-    if folder is None:
-        return None
-    doc: dict[str, Any] = {
-        "application": config.name,
-        "unit": unit.label,
-        "kind": unit.kind,
-        "unit_id": unit.key,
-        "reference_time": iso(unit.reference_time),
-        "attempts": attempts,
-        "reason": reason,
-        "quarantined_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "inputs": [{"path": str(f.path), "sha256": f.sha256} for f in unit.inputs],
-    }
-    if unit.kind == "file":
-        source = unit.inputs[0]
-        target = _free_name(folder, source.path.name, unit.key[:8])
-        try:
-            same = source.path.is_file() and sha256_file(source.path) == source.sha256
-            if same:
-                shutil.move(source.path, target)
-                doc["moved_to"] = str(target)
-                log.error("moved %s to %s", source.path, target)
-            else:
-                log.warning("%s changed or vanished since it failed: left in place", source.path)
-        except OSError as err:
-            log.error("cannot move %s to the quarantine folder: %s", source.path, err)
-        note = target.with_name(target.name + ".quarantine.json")
-    else:
-        safe = unit.reference_time.strftime("%Y%m%dT%H%MZ") if unit.reference_time else "unknown"
-        note = folder / f"{config.name}_{unit.kind}_{safe}_{unit.key[:8]}.quarantine.json"
-    try:
-        _write_note(note, doc)
-    except (OSError, MeteovisionError) as err:
-        log.error("cannot write the quarantine note %s: %s", note, err)
-        return None
-    return note
-
-
 # ---------------------------------------------------------------------------- one unit
 
 
@@ -283,8 +233,8 @@ def _predict_unit(
 
     try:
         report = run_prediction(model, unit.paths, settings)
-    except PredictError:
-        raise  # the settings, not the unit: the caller stops the tick
+    except (PredictError, OutputWriteError):
+        raise  # the settings or the output folder, not the unit: the caller stops the tick
     except (MeteovisionError, OSError) as err:
         return [], str(err)
     except Exception as err:  # operational boundary: a bug on one input must not stall the others
@@ -348,6 +298,9 @@ class _Runner:
             self.counts.reclaimed += 1
         self.counts.processed.append(unit.key)
         try:
+            code = folder_problem(self.config.output.folder)
+            if code is not None:  # full or read-only before we start: spend no compute, blame no input
+                raise OutputWriteError(self.config.output.folder, code, "checked before processing")
             model, settings = self.model()
         except MeteovisionError as err:
             self.ledger.release(unit.key, f"not attempted: {err}")
@@ -356,6 +309,9 @@ class _Runner:
 
         try:
             outputs, problem = _predict_unit(model, settings, unit)
+        except OutputWriteError as err:
+            self.ledger.release(unit.key, f"not attempted: {err}")
+            raise
         except PredictError as err:
             self.ledger.release(unit.key, f"not attempted: {err}")
             raise OperationalConfigError(f"predict: {err}") from err
@@ -435,6 +391,7 @@ def run_tick(
         window_end = window_end.replace(tzinfo=UTC)
     counts = _Counts()
     error: str | None = None
+    unwritable = False
     stopped = False
     ledger: Ledger | None = None
     try:
@@ -448,6 +405,8 @@ def run_tick(
             clock=clock,
         )
         stopped = _tick(config, ledger, window_end, stop, counts)
+    except OutputWriteError as err:
+        error, unwritable = f"{err}; no input was blamed, the next tick with room makes the products", True
     except (OperationalConfigError, LedgerError) as err:
         error = str(err)
     except MeteovisionError as err:  # the checkpoint cannot be loaded (CheckpointMismatchError, ...)
@@ -463,6 +422,7 @@ def run_tick(
         reclaimed=counts.reclaimed,
         seconds=time.monotonic() - start,
         error=error,
+        output_unwritable=unwritable,
         stopped=stopped,
         processed=tuple(counts.processed),
     )
@@ -470,7 +430,7 @@ def run_tick(
         logging.ERROR
         if error
         else logging.WARNING
-        if summary.exit_code == ExitCode.PARTIAL_FAILURE
+        if summary.exit_code in (ExitCode.PARTIAL_FAILURE, ExitCode.ALL_FAILED)
         else logging.INFO
     )
     log.log(

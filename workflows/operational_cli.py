@@ -8,8 +8,9 @@ Examples::
     meteovision operational --config bow_echo.yaml --check
 
 The exit code of a tick (see ``meteovision.pipeline.exit_codes``): 0 work done, 1 some unit
-failed or was quarantined, 2 configuration error, 3 nothing to do. The watch loop exits 0 when
-stopped by SIGTERM/SIGINT, 2 on a configuration error.
+failed or was quarantined and others were done, 2 configuration error, 3 nothing to do, 4 the
+output folder is full, read-only or not writable (no input blamed), 5 units failed and none was
+done. The watch loop exits 0 when stopped by SIGTERM/SIGINT, 2 on a configuration error.
 """
 
 from __future__ import annotations

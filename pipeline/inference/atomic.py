@@ -3,7 +3,9 @@
 The temporary file sits in the target's own folder (same filesystem, so ``os.replace``
 is atomic) and its name starts with "." and ends with ".tmp", which folder pollers and
 globs such as ``*.nc`` skip. On any failure the temporary file goes and the target is
-left as it was.
+left as it was; a failure that is the folder's fault (full, read-only, not writable) is raised
+as :class:`~meteovision.pipeline.inference.write_errors.OutputWriteError`, judged while the
+partial file still fills the folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import netCDF4
 
 from meteovision.pipeline.inference.products import WriterError
+from meteovision.pipeline.inference.write_errors import output_problem
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,12 @@ def atomic_write(target: Path) -> Iterator[Path]:
             raise WriterError(target, f"nothing was written to the temporary file {tmp.name}")
         _fsync_path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         # Any failure, KeyboardInterrupt included: drop the partial file, keep the target as it was.
+        problem = output_problem(target.parent, exc) if isinstance(exc, Exception) else None
         tmp.unlink(missing_ok=True)
+        if problem is not None and problem is not exc:
+            raise problem from exc
         raise
     try:
         _fsync_path(target.parent, directory=True)

@@ -5,8 +5,10 @@ Examples::
     meteovision predict --checkpoint bow.ckpt --input 'radar/*.h5' --output products/
     meteovision predict --checkpoint nowcast.ckpt --input radar/ --output nowcasts/ --latest --quicklook
 
-Failures are listed on stdout (one line each: the unit and why); the exit code is one of
-:mod:`meteovision.pipeline.exit_codes`.
+Each input is tried on its own: a file that cannot be read (whatever the reader or its library
+raised) fails alone and the others go on. Failures are listed on stdout (one line each: the unit
+and why) before the summary; the exit code is one of :mod:`meteovision.pipeline.exit_codes`
+(0 all written, 1 some failed, 3 nothing to do, 4 output folder full or read-only, 5 all failed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.inputs import expand_inputs
 from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
 from meteovision.pipeline.inference.predict import PRECISIONS
+from meteovision.pipeline.inference.write_errors import OutputWriteError
 
 PRECISION_HELP = (
     "the network's arithmetic: auto (default) = bf16 autocast on CUDA, float32 on the CPU; 32 = float32 "
@@ -84,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_inference_model(args.checkpoint)
         files, missing = expand_inputs(args.input)
         report = run_prediction(model, files, settings)
+    except OutputWriteError as err:
+        print(f"meteovision predict: error: {err}; products written before it stay, rerun once there "
+              "is room (existing outputs are skipped)", file=sys.stderr)
+        return int(ExitCode.OUTPUT_UNWRITABLE)
     except MeteovisionError as err:
         return _error(str(err))
     absent = tuple(Outcome(str(p), "failed", inputs=(p,), reason=f"{p}: no such file, folder or match")

@@ -170,14 +170,15 @@ class PredictReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        """0 all written; 1 some failed; 2 every unit refused as not fitting the checkpoint; 3 none done."""
+        """0 all written; 1 some failed; 2 every unit refused as not fitting the checkpoint; 3 none
+        to do; 5 every unit failed."""
         if not self.outcomes:
             return ExitCode.NOTHING_TO_DO
         if self.failed:
+            if self.written or self.skipped:
+                return ExitCode.PARTIAL_FAILURE
             refused = all(isinstance(o.error, CheckpointMismatchError) for o in self.failed)
-            if refused and not self.written and not self.skipped:
-                return ExitCode.USAGE_ERROR
-            return ExitCode.PARTIAL_FAILURE
+            return ExitCode.USAGE_ERROR if refused else ExitCode.ALL_FAILED
         return ExitCode.OK if self.written else ExitCode.NOTHING_TO_DO
 
     def raise_for_failures(self) -> None:

@@ -28,6 +28,7 @@ import torch
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
+from meteovision.datasets.read_guard import reading
 from meteovision.datasets.readers import open_dataset
 from meteovision.datasets.torch_datasets import resize_image
 from meteovision.pipeline.checkpoints.loading import InferenceModel, load_checkpoint
@@ -42,6 +43,7 @@ from meteovision.pipeline.inference.engine import (
 )
 from meteovision.pipeline.inference.inputs import InputMismatchError, iso_minutes, utc_datetime
 from meteovision.pipeline.inference.products import default_package_versions, product_filename
+from meteovision.pipeline.inference.write_errors import OutputWriteError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def class_names_of(model: InferenceModel) -> list[str]:
 
 def read_image(path: Path, size: int) -> Image:
     """Read a photo through the readers and resize it as in training."""
-    with open_dataset(path) as ds:
+    with reading(path), open_dataset(path) as ds:
         for var in ds.data_vars.values():
             if tuple(var.dims[-3:]) == ("band", "y", "x"):
                 raw = np.asarray(var.values)
@@ -211,6 +213,8 @@ def predict_images(
         csv_text, json_text = _documents(model, images, probs, size, settings)
         _write_text(csv_path, csv_text)
         _write_text(json_path, json_text)
+    except OutputWriteError:
+        raise  # the output folder's fault, not the images'
     except UNIT_ERRORS as err:
         outcomes.extend(Outcome.failure(img.path.name, err, (img.path,)) for img in images)
         return PredictReport(tuple(outcomes))

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from meteovision.datasets.errors import MissingVariableError
+from meteovision.datasets.read_guard import reading
 from meteovision.datasets.readers import open_dataset
 from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError
 from meteovision.pipeline.inference.products import ProductGrid
@@ -212,10 +213,11 @@ def read_frames(path: Path, spec: InputSpec) -> list[tuple[Frame, np.ndarray]]:
     """Read ``path`` and check it; every time step's :class:`Frame` and its float32 ``[V, H, W]`` data.
 
     Raises a ``MeteovisionError`` naming the file: unreadable (reader errors), wrong variables or
-    units, or wrong grid spacing (:class:`InputMismatchError`), or no CRS (``ProductError``).
+    units, or wrong grid spacing (:class:`InputMismatchError`), or no CRS (``ProductError``); any
+    other exception a format library raises on the file's content becomes ``UnexpectedReadError``.
     """
     path = Path(path)
-    with open_dataset(path) as ds:
+    with reading(path), open_dataset(path) as ds:
         chosen = _checked_variables(path, ds, spec)
         grid = ProductGrid.from_dataset(ds)
         check_grid_spacing(path, grid, spec)
@@ -228,7 +230,7 @@ def read_frames(path: Path, spec: InputSpec) -> list[tuple[Frame, np.ndarray]]:
 
 def load_frame(frame: Frame, spec: InputSpec) -> np.ndarray:
     """The ``[V, H, W]`` data of a frame read (and checked) earlier, read again from its file."""
-    with open_dataset(frame.path) as ds:
+    with reading(frame.path), open_dataset(frame.path) as ds:
         return _stack(frame.path, _checked_variables(frame.path, ds, spec), frame.index)
 
 

@@ -21,7 +21,9 @@ nowcasts, any channel of the last input frame) and written
 (:mod:`~meteovision.pipeline.inference.outputs`). A unit that fails (corrupt file, mismatched
 input, a window with a gap) is recorded with its reason in the :class:`PredictReport` and the
 others go on; a problem of configuration (wrong task kind, bad tiling settings, no CUDA)
-raises :class:`PredictError`. Existing valid outputs are skipped unless ``overwrite``.
+raises :class:`PredictError`, and an output folder that cannot take products (full disk,
+read-only) raises :class:`~meteovision.pipeline.inference.write_errors.OutputWriteError` at the
+first failed write. Existing valid outputs are skipped unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from meteovision.pipeline.inference.outputs import (
     write_product,
 )
 from meteovision.pipeline.inference.tiling import TilingSettings
+from meteovision.pipeline.inference.write_errors import OutputWriteError
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,8 @@ def predict_files(
         for frame, data in frames:
             try:
                 outcomes.append(_analysis(model, settings, tiling, config, frame, data, claimed))
+            except OutputWriteError:
+                raise  # the output folder's fault: every later unit would fail the same way
             except UNIT_ERRORS as err:
                 outcomes.append(Outcome.failure(frame.label, err, (path,)))
     return PredictReport(tuple(outcomes))
@@ -307,6 +312,8 @@ def predict_sequence(
             outcomes.append(
                 _write_unit(model, settings, tiling, config, unit, target, frames_w, window, nodata)
             )
+        except OutputWriteError:
+            raise  # the output folder's fault: every later window would fail the same way
         except UNIT_ERRORS as err:
             outcomes.append(Outcome.failure(unit, err, inputs))
     return PredictReport(tuple(outcomes))
