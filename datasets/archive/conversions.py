@@ -83,9 +83,9 @@ def read_frame(path: Path, src: SourceSettings) -> Frame:
         raise ArchiveError(f"{path}: source {src.name!r} variable {src.variable!r} not in the file (it has {names})")
     da = ds[src.variable]
     units = str(da.attrs.get("units", ""))
-    if units not in INPUT_UNITS[src.conversion]:
-        raise ArchiveError(f"{path}: {src.variable} is in {units!r}; conversion {src.conversion.value!r} of source "
-                           f"{src.name!r} needs {list(INPUT_UNITS[src.conversion])}")
+    if units not in INPUT_UNITS[src.kind]:
+        raise ArchiveError(f"{path}: {src.variable} is in {units!r}; conversion {src.kind.value!r} of source "
+                           f"{src.name!r} needs {list(INPUT_UNITS[src.kind])}")
     if "time" not in da.dims or da.sizes["time"] != 1:
         raise ArchiveError(f"{path}: expected one time in the file, got dims {da.dims}")
     values = da.isel(time=0).to_numpy()
@@ -100,9 +100,9 @@ def read_frame(path: Path, src: SourceSettings) -> Frame:
 
 def convert(values: np.ndarray, src: SourceSettings, period_minutes: float | None) -> np.ndarray:
     """Source units -> the training quantity (mm h-1, or dBZ kept); NaN stays NaN."""
-    if src.conversion in (Conversion.RATE, Conversion.DBZ):
+    if src.kind in (Conversion.RATE, Conversion.DBZ):
         return values.astype(np.float32)
-    if src.conversion == Conversion.ACCUMULATION:
+    if src.kind == Conversion.ACCUMULATION:
         period = src.period_minutes or period_minutes
         if not period:
             raise ArchiveError(f"source {src.name!r}: an accumulation needs period_minutes (the file's period)")

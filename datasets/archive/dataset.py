@@ -29,9 +29,10 @@ class ArchiveSequenceDataset(Dataset[Sample]):
     def __init__(self, series: Sequence[SourceSeries], windows: list[tuple[int, np.ndarray]], num_input_frames: int,
                  *, normalization: NormalizationStats, patch_size: int, train: bool,
                  patches_per_window: int = 2, flips: bool = True, rot90: bool = True, seed: int = 0) -> None:
-        for s in series:
-            if patch_size > min(s.values.shape[1:]):
-                raise SamplingError(f"patch_size {patch_size} larger than the {s.values.shape[1:]} grid of {s.name}")
+        for one in series:
+            if patch_size > min(one.values.shape[1:]):
+                raise SamplingError(f"patch_size {patch_size} larger than the {one.values.shape[1:]} grid of "
+                                    f"{one.name}")
         self.series = list(series)
         self.windows = windows
         self.num_input_frames = num_input_frames
@@ -42,8 +43,8 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         self.flips, self.rot90, self.seed = flips, rot90, seed
         self._items: list[tuple[int, int, int]] = []
         if not train:
-            for w, (s, _) in enumerate(windows):
-                h, wd = self.series[s].values.shape[1:]
+            for w, (src, _) in enumerate(windows):
+                h, wd = self.series[src].values.shape[1:]
                 self._items += [(w, y, x) for y in tile_origins(h, patch_size) for x in tile_origins(wd, patch_size)]
 
     def __len__(self) -> int:
@@ -78,7 +79,9 @@ class ArchiveSequenceDataset(Dataset[Sample]):
             if cover >= 0.5:
                 break
         k = int(rng.integers(4)) if self.rot90 else 0
-        return window, best[0], best[1], k, bool(self.flips and rng.random() < 0.5), bool(self.flips and rng.random() < 0.5)
+        flip_y = bool(self.flips and rng.random() < 0.5)
+        flip_x = bool(self.flips and rng.random() < 0.5)
+        return window, best[0], best[1], k, flip_y, flip_x
 
     def __getitem__(self, key: SampleKey) -> Sample:
         window, y0, x0, k, fy, fx = self.locate(key)

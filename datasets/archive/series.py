@@ -79,4 +79,4 @@ def load_raw(src: SourceSettings, root: Path) -> SourceSeries:
     t_arr, v_arr = sorted_unique(np.asarray(times, dtype="datetime64[ns]"), np.stack(frames), src.name)
     LOG.info("source %s: %d frames of %d x %d at %.0f m from %s", src.name, t_arr.size, v_arr.shape[1],
              v_arr.shape[2], spacing, root)
-    return SourceSeries(src.name, t_arr, v_arr, OUTPUT_UNITS[src.conversion], spacing, first.crs_wkt)
+    return SourceSeries(src.name, t_arr, v_arr, OUTPUT_UNITS[src.kind], spacing, first.crs_wkt)

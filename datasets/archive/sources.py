@@ -78,7 +78,7 @@ class SourceSettings:
     name: str
     glob: str
     variable: str
-    conversion: Conversion = Conversion.RATE
+    conversion: Conversion | str = Conversion.RATE  # by value in YAML: rate, accumulation, dbz_to_rate, dbz
     zr_a: float = 200.0
     zr_b: float = 1.6
     period_minutes: float | None = None
@@ -101,7 +101,8 @@ class SourceSettings:
         if self.crop_bounds_m is not None:
             left, bottom, right, top = (float(v) for v in self.crop_bounds_m)
             if not (left < right and bottom < top):
-                raise ArchiveError(f"{where}: crop_bounds_m must be [left, bottom, right, top], got {self.crop_bounds_m}")
+                raise ArchiveError(f"{where}: crop_bounds_m must be [left, bottom, right, top], "
+                                   f"got {self.crop_bounds_m}")
             object.__setattr__(self, "crop_bounds_m", (left, bottom, right, top))
         windows = tuple(w if isinstance(w, TimeWindow) else TimeWindow(**w) for w in self.exclude)  # type: ignore[arg-type]
         for w in windows:
@@ -109,6 +110,11 @@ class SourceSettings:
         object.__setattr__(self, "exclude", windows)
         if self.test_from is not None:
             _utc(self.test_from)
+
+    @property
+    def kind(self) -> Conversion:
+        """The conversion as an enum member (YAML gives its value)."""
+        return _conversion(self.conversion, f"source {self.name!r}")
 
     def test_start(self) -> np.datetime64 | None:
         return None if self.test_from is None else _utc(self.test_from)
@@ -128,7 +134,8 @@ def _conversion(value: Conversion | str, where: str) -> Conversion:
     try:
         return Conversion(value)
     except ValueError as err:
-        raise ArchiveError(f"{where}: conversion {value!r} unknown; choose one of {[c.value for c in Conversion]}") from err
+        known = [c.value for c in Conversion]
+        raise ArchiveError(f"{where}: conversion {value!r} unknown; choose one of {known}") from err
 
 
 def resolve_root(root: str, anchor: Path | None = None) -> Path:

@@ -20,6 +20,7 @@ import logging
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
+
 import dask
 import dask.array as da
 import numpy as np
@@ -77,7 +78,7 @@ def build_source(out: Path, src: SourceSettings, files: list[Path], *, tile: int
     ds = xr.Dataset(
         {
             "frames": (("time", "y", "x"), frames,
-                       {"units": OUTPUT_UNITS[src.conversion], "grid_mapping": "crs", "long_name": src.variable}),
+                       {"units": OUTPUT_UNITS[src.kind], "grid_mapping": "crs", "long_name": src.variable}),
             "valid_time": (("time",), t_secs, {"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00",
                                                "calendar": "proleptic_gregorian"}),
             "crs": ((), np.int32(0), {"crs_wkt": first.crs_wkt}),
@@ -96,12 +97,19 @@ def build_source(out: Path, src: SourceSettings, files: list[Path], *, tile: int
     return len(files)
 
 
+def _array(g: zarr.Group, name: str) -> zarr.Array:
+    arr = g[name]
+    if not isinstance(arr, zarr.Array):
+        raise ArchiveError(f"store group {g.path!r}: {name!r} is not an array")
+    return arr
+
+
 def _commit(out: Path, group: str, n: int, files: list[dict[str, str]] | None = None) -> None:
     """The last step of a write: the frame count (and file record) readers trust."""
     g = zarr.open_group(str(out / group), mode="r+")
     if files is not None:
         g.attrs["files"] = json.dumps(files)
-    times = np.asarray(g["valid_time"][:n])
+    times = np.asarray(_array(g, "valid_time")[:n])
     steps = np.diff(np.sort(times))
     g.attrs["time_step_minutes"] = float(np.median(steps) / 60.0) if steps.size else None
     g.attrs[COMMITTED] = int(n)
@@ -112,7 +120,7 @@ def append_source(out: Path, src: SourceSettings, files: list[Path]) -> int:
     if not (out / src.name).exists():
         return build_source(out, src, files)
     g = zarr.open_group(str(out / src.name), mode="r+")
-    n = int(g.attrs.get(COMMITTED, 0))
+    n = int(str(g.attrs.get(COMMITTED, 0)))
     known = json.loads(str(g.attrs.get("files", "[]")))
     seen = {(k["path"], k["sha256"]) for k in known}
     record = _record(files)
@@ -120,7 +128,7 @@ def append_source(out: Path, src: SourceSettings, files: list[Path]) -> int:
     if not new:
         LOG.info("store %s: source %s is up to date (%d frames)", out, src.name, n)
         return 0
-    frames_arr, times_arr = g["frames"], g["valid_time"]
+    frames_arr, times_arr = _array(g, "frames"), _array(g, "valid_time")
     stored = set(np.asarray(times_arr[:n]).tolist())
     added = 0
     for path, rec in new:
