@@ -173,10 +173,12 @@ def load_store(out: Path, src: SourceSettings) -> SourceSeries:
     group = out / src.name
     if not group.exists():
         raise ArchiveError(f"store {out}: no group for source {src.name!r} (run `meteovision store build`)")
-    ds = xr.open_zarr(out, group=src.name, consolidated=False, decode_times=False)
-    n = int(ds.attrs.get(COMMITTED, 0))
-    times = EPOCH + ds["valid_time"].to_numpy()[:n].astype("timedelta64[s]").astype("timedelta64[ns]")
-    values = ds["frames"][:n].to_numpy().astype(np.float32)
+    g = zarr.open_group(str(group), mode="r")
+    n = int(str(g.attrs.get(COMMITTED, 0)))
+    secs = np.asarray(_array(g, "valid_time")[:n]).astype("timedelta64[s]")
+    times = EPOCH + secs.astype("timedelta64[ns]")
+    frames = _array(g, "frames")
+    values = np.asarray(frames[:n], dtype=np.float32)
     times, values = sorted_unique(times, values, src.name)
-    return SourceSeries(src.name, times, values, str(ds["frames"].attrs["units"]), float(ds.attrs["spacing_m"]),
-                        str(ds.attrs.get("crs_wkt", "")))
+    return SourceSeries(src.name, times, values, str(frames.attrs["units"]), float(str(g.attrs["spacing_m"])),
+                        str(g.attrs.get("crs_wkt", "")))
