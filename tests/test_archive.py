@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,20 @@ def test_append_is_idempotent_and_survives_an_interruption(tmp_path: Path, monke
 
     raw = load_raw(src, tmp_path)
     np.testing.assert_array_equal(raw.values, series.values)
+
+
+def test_store_command_builds_then_appends_only_new_files(tmp_path: Path) -> None:
+    from meteovision.pipeline.cli import main
+
+    _series(tmp_path / "radar", 6)
+    argv = ["store", "build", str(tmp_path / "st"), "--glob", "radar/*.h5", "--root", str(tmp_path), "--name", "blob",
+            "--workers", "1"]
+    assert main(argv) == 0
+    _series(tmp_path / "radar", 2, start=6)
+    assert main(["store", "append", *argv[2:]]) == 0
+    src = SourceSettings(name="blob", glob="radar/*.h5", variable="RATE")
+    series = load_store(tmp_path / "st", src)
+    assert series.times.tolist() == _times(8).tolist()
+    group = zarr.open_group(str(tmp_path / "st" / "blob"))
+    assert group.attrs["time_step_minutes"] == 5.0 and "crs_wkt" in group.attrs
+    assert len(json.loads(str(group.attrs["files"]))) == 8
