@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coarsen", type=int, default=1, help="block-mean factor")
     parser.add_argument("--crop-bounds-m", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"))
     parser.add_argument("--period-minutes", type=float, help="accumulation period (conversion accumulation)")
-    parser.add_argument("--tile", type=int, default=256, help="spatial chunk size (cells)")
+    parser.add_argument("--tile", type=int, default=512, help="spatial chunk size (cells)")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--scheduler", help="address of a running dask scheduler (e.g. a SLURMCluster's)")
 

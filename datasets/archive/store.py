@@ -1,7 +1,7 @@
 """The Zarr training store: every source's converted frames, built and appended with dask.
 
 One group per source: ``frames`` (time, y, x) float32, chunked one frame in time and
-``tile x tile`` in space (zstd-compressed by zarr), ``valid_time`` (time,) int64 seconds since
+``tile x tile`` (512) in space (zstd-compressed by zarr), ``valid_time`` (time,) int64 seconds since
 1970, ``x``/``y`` in the source's projection. Group attributes hold the CRS WKT, units, spacing,
 time step, the files with their sha256, and the reader and library versions.
 
@@ -66,7 +66,7 @@ def _record(files: list[Path]) -> list[dict[str, str]]:
     return [{"path": str(p), "sha256": sha256_of(p)} for p in files]
 
 
-def build_source(out: Path, src: SourceSettings, files: list[Path], *, tile: int = 256) -> int:
+def build_source(out: Path, src: SourceSettings, files: list[Path], *, tile: int = 512) -> int:
     """Write the group of ``src`` (replacing it) from ``files``; returns the number of frames."""
     first = read_frame(files[0], src)
     spacing = spacing_of(first.x, first.y, f"{files[0]} (source {src.name!r})")
@@ -154,7 +154,7 @@ def append_source(out: Path, src: SourceSettings, files: list[Path]) -> int:
 
 
 def build_store(out: Path, sources: list[SourceSettings], root: Path, *, append: bool = False,
-                tile: int = 256) -> dict[str, int]:
+                tile: int = 512) -> dict[str, int]:
     """Build (or append to) the store at ``out`` from ``sources``; frames written per source.
 
     Runs on the active dask scheduler (``dask.config.set(scheduler="processes")``, or a distributed
