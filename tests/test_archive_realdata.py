@@ -26,8 +26,8 @@ def test_quick_real_config_trains_from_raw_files(shared_data: Path, tmp_path: Pa
     metrics = next(tmp_path.rglob("metrics.csv"))
     with open(metrics) as fh:
         rows = list(csv.DictReader(fh))
-    train = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
-    val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+    train = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert train and val and all(math.isfinite(v) for v in train + val)
     ckpt = next(tmp_path.rglob("*.ckpt"))
     meta = torch.load(ckpt, map_location="cpu", weights_only=False)["meteovision"]
