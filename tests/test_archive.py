@@ -160,3 +160,11 @@ def test_store_command_builds_then_appends_only_new_files(tmp_path: Path) -> Non
     group = zarr.open_group(str(tmp_path / "st" / "blob"))
     assert group.attrs["time_step_minutes"] == 5.0 and "crs_wkt" in group.attrs
     assert len(json.loads(str(group.attrs["files"]))) == 8
+
+
+def test_missing_archive_root_is_a_clear_error(tmp_path: Path) -> None:
+    from meteovision.datasets.archive.sources import resolve_root
+
+    with pytest.raises(ArchiveError, match=r"archive root 'no/such/radar' is not a folder.*data.init_args.root"):
+        resolve_root("no/such/radar", anchor=tmp_path)
+    assert resolve_root(str(tmp_path)) == tmp_path.resolve()
