@@ -26,6 +26,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "demo": Command("meteovision.pipeline.demo", "the whole chain on built-in sample data, every application"),
     "sample-data": Command("meteovision.datasets.synthetic.cli", "write synthetic sample data for an application"),
+    "store": Command("meteovision.datasets.archive.cli", "radar files -> one Zarr training store (build, append)"),
     "summary": Command("meteovision.datasets.summary", "read files or a sample folder and print a tensor summary"),
     "fit": Command("meteovision.pipeline.training.cli", "train a model from a YAML config (LightningCLI)", True),
     "validate": Command("meteovision.pipeline.training.cli", "validate a checkpoint (LightningCLI)", True),
