@@ -151,3 +151,13 @@ def test_summary_cli_prints_mrms_grid_units_time(shared_data: Path) -> None:
     assert "x -129.995..-60.005 degrees_east, y 20.005..54.995 degrees_north" in out
     assert "time: 2019-06-10T00:00Z" in out
     assert "PrecipRate [mm h-1]" in out
+
+
+def test_a_grib_grid_over_the_size_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    """The ReadOptions contract: max_cells is honoured by the GRIB reader too, with the named error."""
+    from meteovision.datasets.errors import SizeLimitError
+    from meteovision.datasets.readers.options import ReadOptions
+
+    path = write_grib(tmp_path / "small.grib2")
+    with pytest.raises(SizeLimitError, match="max_cells"):
+        read_grib(path, options=ReadOptions(max_cells=10))

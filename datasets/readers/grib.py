@@ -28,7 +28,7 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError
+from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError, SizeLimitError
 from meteovision.datasets.readers._common import (
     WindowSpec,
     build_dataset,
@@ -38,7 +38,8 @@ from meteovision.datasets.readers._common import (
     resolve_window,
     variable_attrs,
 )
-from meteovision.datasets.readers.geotiff import _block_reduce
+from meteovision.datasets.readers.coarsen import reduce_blocks
+from meteovision.datasets.readers.options import ReadOptions, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -288,23 +289,26 @@ def _unique(name: str, attrs: Mapping[str, Any], taken: Iterable[str]) -> str:
 def read_grib(
     path: str | Path,
     *,
+    options: ReadOptions | None = None,
     variables: Iterable[str] | None = None,
     window: WindowSpec | None = None,
-    coarsen: int = 1,
-    allow_empty: bool = False,
+    coarsen: int | None = None,
+    allow_empty: bool | None = None,
 ) -> xr.Dataset:
     """Read the fields of a GRIB2 file (regular lat/lon grid, one valid time) into the reader contract.
 
     ``variables`` selects by name (ecCodes' cfVarName, or the ``LOCAL_PARAMETERS`` name);
     ``window`` is a sub-grid in cells or ``(west, south, east, north)`` bounds in degrees;
-    ``coarsen`` averages ``coarsen x coarsen`` blocks of valid cells (dBZ in linear Z).
+    ``coarsen`` averages ``coarsen x coarsen`` blocks of valid cells (dBZ in linear Z). The keywords
+    override ``options`` (the ``ReadOptions`` contract every reader honours).
     """
     p = check_file(path)
-    if int(coarsen) != coarsen or coarsen < 1:
-        raise ReaderError(p, f"coarsen must be a positive integer, got {coarsen!r}")
-    factor = int(coarsen)
+    opts = with_overrides(options, p, variables=None if variables is None else tuple(variables), window=window,
+                          coarsen=coarsen, allow_empty=allow_empty)
+    factor = opts.coarsen
+    window = opts.window
     check_structure(p)
-    wanted = None if variables is None else [str(v) for v in variables]
+    wanted = None if opts.variables is None else list(opts.variables)
     fields: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     ref: tuple[np.ndarray, np.ndarray, pyproj.CRS, np.datetime64] | None = None
     with open(p, "rb") as fh:
@@ -333,6 +337,10 @@ def read_grib(
                                          "one valid time per file is supported")
                 reference = _time(h, p, "data")
                 attrs["forecast_reference_time"] = str(reference)
+                cells = grid.lon.size * grid.lat.size
+                if cells > opts.max_cells:  # decoding allocates the whole field: refuse before it
+                    raise SizeLimitError(p, f"{name}: grid of {grid.lat.size} x {grid.lon.size} = {cells:,} cells, "
+                                            f"over the limit of {opts.max_cells:,} (ReadOptions.max_cells)")
                 fields[name] = (_values(h, grid, local, p, name), attrs)
             finally:
                 eccodes.codes_release(h)
@@ -352,14 +360,14 @@ def read_grib(
             if h_ == 0 or w_ == 0:
                 raise ReaderError(p, f"window of {sub.shape[0]} x {sub.shape[1]} cells is smaller than one "
                                      f"coarsen block of {factor}")
-            sub = _block_reduce(sub[:h_, :w_].copy(), factor, "mean", attrs["units"] == "dBZ")
+            sub = reduce_blocks(sub[:h_, :w_], factor, opts.coarsen_method, attrs["units"] == "dBZ")
             attrs["coarsen"] = factor
         fields[name] = (sub, attrs)
     if factor > 1:
         nx, ny = x.size // factor * factor, y.size // factor * factor
         x = x[:nx].reshape(-1, factor).mean(axis=1)
         y = y[:ny].reshape(-1, factor).mean(axis=1)
-    check_not_empty(fields, p, allow_empty)
+    check_not_empty(fields, p, opts.allow_empty)
     ds = build_dataset(fields, x=x, y=y, times=[valid], crs=crs, path=p, source_format=SOURCE_FORMAT)
     ds["x"].attrs = {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"}
     ds["y"].attrs = {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"}
