@@ -17,14 +17,13 @@ import pandas as pd
 import xarray as xr
 from PIL import Image, UnidentifiedImageError
 
+from meteovision.core.applications import LABEL_COLUMNS, SNOW_CLASSES
 from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError
 from meteovision.datasets.readers._common import TimeLike, check_file, time_from_filename, to_datetime64
 
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMAT = "webcam_image"
-SNOW_CLASSES = ("none", "partial", "full")
-LABEL_COLUMNS = ("path", "camera", "time", "snow_class", "visibility_m")
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
