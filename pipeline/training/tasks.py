@@ -38,7 +38,7 @@ from meteovision.pipeline.training.metrics import (
     RegressionScores,
     SegmentationScores,
 )
-from meteovision.pipeline.training.optim import build_optimizer, build_scheduler
+from meteovision.pipeline.training.optim import build_optimizer, build_scheduler, check_optimizer_and_scheduler
 from meteovision.pipeline.training.report import format_comparison_table
 from meteovision.pipeline.verification.baselines import get_baseline
 
@@ -95,6 +95,7 @@ class MeteoTask(L.LightningModule):
         self.thresholds = list(thresholds) if thresholds else [0.5]
         self.use_channels_last = channels_last
         self.loss_fn = build_loss(**self.loss_settings)
+        check_optimizer_and_scheduler(self.optimizer_settings, self.scheduler_settings)
         # check the model name and settings now, not after the data has been read and normalised
         get_model_spec(self.model_name, **self.model_settings)
         self.net: nn.Module | None = None
