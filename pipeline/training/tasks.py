@@ -39,6 +39,7 @@ from meteovision.pipeline.training.metrics import (
     SegmentationScores,
 )
 from meteovision.pipeline.training.optim import build_optimizer, build_scheduler, check_optimizer_and_scheduler
+from meteovision.pipeline.training.rain_kept import RainKept, channel_of
 from meteovision.pipeline.training.report import format_comparison_table
 from meteovision.pipeline.verification.baselines import get_baseline
 
@@ -358,42 +359,13 @@ class SegmentationTask(MeteoTask):
             _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
                                   None if mask is None else mask.squeeze(1))
             if "rain" in metrics and self.rain_kept_channel:
-                echo = _channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
+                echo = channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
                 true_echo = (echo >= self.rain_kept_threshold) & (target.squeeze(1) < 0.5)
                 if mask is not None:
                     true_echo &= mask.squeeze(1)
                 _metric(metrics, "rain").update(pred.squeeze(1) < 0.5, true_echo)
         else:
             _metric(metrics, "seg").update(pred, target, mask)
-
-
-class RainKept(Metric):
-    """Share of true precipitation echoes that a cleaning method leaves in place (higher is better)."""
-
-    full_state_update = False
-    kept: Tensor
-    total: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("kept", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, kept: Tensor, true_echo: Tensor) -> None:
-        self.kept += (kept & true_echo).sum()
-        self.total += true_echo.sum()
-
-    def compute(self) -> dict[str, Tensor]:
-        total = self.total.double()
-        share = self.kept.double() / total if self.total > 0 else torch.tensor(float("nan"), dtype=torch.float64)
-        return {"rain_kept": share, "n": self.total}
-
-
-def _channel_of(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
-    names = list(meta.get("channel_names") or [])
-    if name not in names:
-        raise KeyError(f"rain_kept_channel '{name}' is not an input channel; inputs are {names}")
-    return inputs[:, names.index(name)]
 
 
 class NowcastTask(MeteoTask):
