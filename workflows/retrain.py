@@ -338,7 +338,8 @@ def retrain(settings: RetrainSettings) -> RetrainResult:
     work = settings.workdir or registry.root / ".retrain" / f"run-{stamp}-{secrets.token_hex(3)}"
     candidate = train_candidate(settings, work / "train")
     kind = _task_kind(candidate)
-    metric, mode = _headline_metric(candidate) or DEFAULT_METRICS.get(kind, (None, None))
+    default = _headline_metric(candidate) or DEFAULT_METRICS.get(kind)
+    metric, mode = default if default is not None else (None, None)
     metric = settings.metric or metric
     mode = settings.mode or mode or "max"
     if metric is None:

@@ -75,8 +75,10 @@ class _GriddedDataModule(_BaseDataModule):
             normalization_path=normalization_path,
             stats_max_frames=stats_max_frames,
         )
-        plain_groups = {"split": split, "loader": loader, "patches": patch, "augment": augment}
-        self.hparams.update({name: asdict(value) for name, value in plain_groups.items()})
+        # plain mappings, not dataclasses: checkpoints must load with torch.load(weights_only=True)
+        self.hparams.update(
+            {"split": asdict(split), "loader": asdict(loader), "patches": asdict(patch), "augment": asdict(augment)}
+        )
         self._input_variables = list(input_variables) if input_variables else None
         self.transforms = dict(transforms or {})
         for var, name in self.transforms.items():
