@@ -4,8 +4,8 @@ What each task kind writes (names known from the checkpoint alone, so an existin
 recognised and skipped before any model runs):
 
 * segmentation, binary (one logit): ``<thing>_probability`` (float32 0-1, the sigmoid) and
-  ``<thing>_mask`` (int8, flag_values 0 1, e.g. ``no_bow_echo bow_echo`` or ``precipitation
-  artefact``), the mask being ``probability >= threshold``;
+  ``<thing>_mask`` (int8, flag_values 0 1, flag_meanings from the application table, as in the
+  training targets), the mask being ``probability >= threshold``;
 * segmentation, multiclass: ``probability_<class>`` per class (softmax) and ``<thing>_class``
   (int8 class index, flag_meanings = the class names);
 * nowcast: one variable per input variable on ``(leadtime, y, x)``: rain rate in mm h-1

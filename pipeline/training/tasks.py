@@ -309,27 +309,17 @@ class SegmentationTask(MeteoTask):
     def __init__(
         self,
         application: str,
-        model: str = "unet",
-        model_settings: dict[str, Any] | None = None,
-        in_channels: int | None = None,
-        out_channels: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        baseline: str | None = None,
-        thresholds: list[float] | None = None,
-        channels_last: bool = False,
+        *,
         rain_kept_channel: str | None = None,
         rain_kept_threshold: float = 5.0,
+        **kwargs: Any,
     ) -> None:
         """``rain_kept_channel`` (radar cleaning): score the share of true echoes of that input channel
-        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged."""
+        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged.
+        The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         self.rain_kept_channel = rain_kept_channel
         self.rain_kept_threshold = rain_kept_threshold
-        super().__init__(
-            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
-            baseline, thresholds, channels_last,
-        )
+        super().__init__(application, **kwargs)
 
     def output_channels_from(self, dm: Any) -> int:
         classes = getattr(dm, "class_names", None)
@@ -377,37 +367,31 @@ class NowcastTask(MeteoTask):
     def __init__(
         self,
         application: str,
+        *,
         model: str = "deeplabv3plus",
-        model_settings: dict[str, Any] | None = None,
-        in_channels: int | None = None,
-        out_channels: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
         baseline: str | None = "persistence",
         thresholds: list[float] | None = None,
-        channels_last: bool = False,
         fss_scales: list[int] | None = None,
         time_step_minutes: float = 5.0,
         nowcast_head: str = "lagrangian",
         variables_per_frame: int | None = None,
         max_speed: float = 12.0,
+        **kwargs: Any,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
         (the same plus a learned correction per lead),
         ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
         ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
-        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km)."""
+        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km).
+        The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         if not max_speed > 0:
             raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
         self.nowcast_head = nowcast_head
         self.max_speed = float(max_speed)
-        super().__init__(
-            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
-            baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,
-        )
+        super().__init__(application, model=model, baseline=baseline,
+                         thresholds=thresholds or [0.5, 1.0, 5.0, 10.0], **kwargs)
 
     def make_metrics(self) -> nn.ModuleDict:
         metrics: dict[str, nn.Module] = {}
