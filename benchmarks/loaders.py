@@ -183,9 +183,8 @@ def synthetic_case(app: str, root: Path, settings: BenchSettings) -> LoaderCase:
         dm = datamodule_for_app(
             app,
             str(data_dir),
-            batch_size=settings.batch_size,
-            num_workers=num_workers,
-            patch_size=patch,
+            loader={"batch_size": settings.batch_size, "num_workers": num_workers},
+            patches={"patch_size": patch},
             cache_frames=cache_frames,
             normalization_path=str(norm_path),
             seed=settings.seed,

@@ -19,22 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from meteovision.core.applications import iter_applications
+
 log = logging.getLogger("meteovision.benchmarks.skill")
 
-#: Headline scores per application: (metric key, label, higher is better).
+#: Headline scores per application: (metric key, label, higher is better), from the application table.
 HEADLINES: dict[str, list[tuple[str, str, bool]]] = {
-    "bow_echo": [("cont/csi@0.5", "CSI", True), ("cont/pod@0.5", "POD", True), ("cont/far@0.5", "FAR", False)],
-    "nowcast_precip": [("lead030_cont/csi@1", "CSI 1 mm/h +30 min", True),
-                       ("lead030_reg/mae", "MAE +30 min (mm/h)", False)],
-    "nowcast_reflectivity": [("lead030_cont/csi@25", "CSI 25 dBZ +30 min", True),
-                             ("lead030_reg/mae", "MAE +30 min (dB)", False)],
-    "nowcast_cloudiness": [("lead030_cont/csi@0.5", "CSI 0.5 +30 min", True),
-                           ("lead030_reg/mae", "MAE +30 min", False)],
-    "sat2precip": [("reg/rmse", "RMSE (mm/h)", False), ("cont/csi@1", "CSI 1 mm/h", True),
-                   ("reg/corr", "correlation", True)],
-    "radar_cleaning": [("cont/csi@0.5", "artefact CSI", True), ("rain/rain_kept", "rain kept", True)],
-    "webcam_snow": [("cls/f1_macro", "macro-F1", True), ("cls/accuracy", "accuracy", True)],
-    "webcam_visibility": [("cls/f1_macro", "macro-F1", True), ("cls/accuracy", "accuracy", True)],
+    app.name: [(m.key, m.label, m.higher_is_better) for m in app.metrics] for app in iter_applications()
 }
 
 

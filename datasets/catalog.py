@@ -26,7 +26,6 @@ from meteovision.datasets.splits import as_datetime64, group_events
 LOG = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-LABEL_COLUMNS = ("path", "camera", "time", "snow_class", "visibility_m")
 #: Date and time in a file name: 20180824230000, 201609281445, 20180601T084500Z.
 _TIME_IN_NAME = re.compile(r"(?<!\d)(\d{8})T?(\d{4})(\d{2})?Z?(?!\d)")
 #: Files a folder index never treats as data.
@@ -286,36 +285,21 @@ class ImageRecords:
 
 
 def image_records(csv_path: str | Path) -> ImageRecords:
-    """Read a ``labels.csv`` (columns path,camera,time,snow_class,visibility_m; paths relative to it)."""
+    """The webcam images of a ``labels.csv``, read by the one labels reader
+    (:func:`~meteovision.datasets.readers.webcam.read_webcam_labels`: columns, snow classes,
+    visibilities, times and image files checked, errors naming the file and line)."""
+    from meteovision.datasets.readers.webcam import read_webcam_labels
+
     csv_path = Path(csv_path)
-    try:
-        table = pd.read_csv(csv_path, dtype={"path": str, "camera": str, "snow_class": str})
-    except FileNotFoundError as exc:
-        raise CatalogError(csv_path, "label file not found") from exc
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise CatalogError(csv_path, f"unreadable label file: {exc}") from exc
-    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise CatalogError(csv_path, f"label file lacks column(s) {missing}")
-    try:
-        times = pd.to_datetime(table["time"], utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]")
-        visibility = pd.to_numeric(table["visibility_m"], errors="coerce").to_numpy(np.float64)
-    except (ValueError, TypeError) as exc:
-        raise CatalogError(csv_path, f"bad time or visibility value: {exc}") from exc
-    if np.isnat(times).any():
-        raise CatalogError(csv_path, f"{int(np.isnat(times).sum())} row(s) without a time")
-    paths = tuple((csv_path.parent / p).resolve() for p in table["path"].astype(str))
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise CatalogError(csv_path, f"{len(absent)} image(s) listed but absent, e.g. {absent[0]}")
+    table = read_webcam_labels(csv_path)
     snow = tuple("" if pd.isna(v) else str(v) for v in table["snow_class"])
     return ImageRecords(
         csv_path=csv_path,
-        paths=paths,
+        paths=tuple(Path(p) for p in table["path"]),
         cameras=tuple(str(c) for c in table["camera"]),
-        times=times,
+        times=table["time"].to_numpy("datetime64[ns]"),
         snow_class=snow,
-        visibility_m=visibility,
+        visibility_m=table["visibility_m"].to_numpy(np.float64),
     )
 
 

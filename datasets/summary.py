@@ -213,10 +213,14 @@ def summarize_sample_folder(
     from meteovision.datasets.datamodules import datamodule_for_app, datamodule_from_config
 
     manifest = Manifest.load(data_dir)
-    overrides: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
+    overrides: dict[str, Any] = {} if batch_size is None else {"loader": {"batch_size": batch_size}}
     if config:
         cfg = _load_config(config)
-        cfg = {**cfg, "init_args": {**(cfg.get("init_args") or {}), **overrides}}
+        init_args = dict(cfg.get("init_args") or {})
+        if batch_size is not None:
+            init_args.pop("batch_size", None)  # a deprecated flat key would be overridden anyway
+            init_args["loader"] = {**(init_args.get("loader") or {}), "batch_size": batch_size}
+        cfg = {**cfg, "init_args": init_args}
         dm = datamodule_from_config(cfg, str(data_dir))
     else:
         dm = datamodule_for_app(app or manifest.app, str(data_dir), **overrides)

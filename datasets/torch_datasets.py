@@ -5,178 +5,46 @@ int64 [H, W]; nowcast float32 [M, H, W]; regression float32 [K, H, W]; classific
 ``mask`` bool like the target's spatial shape (True where the target and every input are
 measured; absent for classification) and ``time`` float64 [] (seconds since 1970 of the last input).
 
-Readers know nothing of torch; this module converts. Decoded frames are kept in a per-worker
-LRU (:class:`FrameStore`), so an epoch of random patches reads each file about once.
-Training patches are drawn from ``(seed, epoch, index)``: the same epoch gives the same patches
-whatever the number of workers (the epoch comes from :class:`EpochSampler`).
+This module cuts gridded frames (:mod:`~meteovision.datasets.frame_store`) into patches and
+windows; webcam images live in :mod:`~meteovision.datasets.image_datasets`, the sample type and
+epoch-keyed sampling in :mod:`~meteovision.datasets.sampling` (all re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from meteovision.datasets.catalog import FrameIndex, ImageRecords
-from meteovision.datasets.errors import GridMismatchError, MeteovisionError, MissingVariableError
+from meteovision.datasets.frame_store import FrameStore, Reader
+from meteovision.datasets.image_datasets import (
+    ClassificationDataset,
+    ImageStore,
+    class_indices,
+    read_image,
+    resize_image,
+    visibility_classes,
+)
 from meteovision.datasets.normalization import NormalizationStats
+from meteovision.datasets.sampling import (
+    EpochSampler,
+    Sample,
+    SampleKey,
+    SamplingError,
+    seconds_since_epoch,
+    split_key,
+)
 from meteovision.datasets.splits import sequence_windows
 
 LOG = logging.getLogger(__name__)
 
-Reader = Callable[[Path], xr.Dataset]
-Sample = dict[str, torch.Tensor]
-SampleKey = int | tuple[int, int]
 
 TARGET_KINDS: tuple[str, ...] = ("binary", "multiclass", "regression")
-SNOW_CLASS_NAMES: tuple[str, ...] = ("none", "partial", "full")
-VISIBILITY_BINS_M: tuple[float, ...] = (200.0, 1000.0, 5000.0)
-VISIBILITY_CLASS_NAMES: tuple[str, ...] = ("<200 m", "200-1000 m", "1-5 km", ">5 km")
-
-
-class SamplingError(MeteovisionError):
-    """Patches or windows that cannot be drawn with the requested settings."""
-
-
-def _default_reader(path: Path) -> xr.Dataset:
-    """Any supported file; an all-nodata frame is data too (nothing valid, mask False), not an error."""
-    from meteovision.datasets.readers import open_dataset
-
-    return open_dataset(path, allow_empty=True)
-
-
-def _seconds(t: np.datetime64) -> float:
-    return float(np.asarray(t).astype("datetime64[ns]").astype(np.int64)) / 1e9
-
-
-class FrameStore:
-    """Decoded 2-D fields of a :class:`FrameIndex`, with an LRU of the last ``cache_frames`` files.
-
-    Each DataLoader worker holds its own copy (the cache is not pickled).
-    """
-
-    def __init__(self, index: FrameIndex, cache_frames: int = 128, reader: Reader | None = None) -> None:
-        self.index = index
-        self.cache_frames = max(int(cache_frames), 1)
-        self.reader: Reader = reader or _default_reader
-        self._cache: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()
-        self._shape: tuple[int, int] | None = None
-        self._units: dict[str, str] = {}
-        self._spacing: float | None = None
-        self.hits = 0
-        self.misses = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        return state
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def times(self) -> np.ndarray:
-        return self.index.times
-
-    def _fields(self, path: Path) -> dict[str, np.ndarray]:
-        """2-D fields of a file by variable name, and by ODIM ``quantity`` attribute where that differs
-        (a quality field named after its ``how/task`` is still found as ``QIND``)."""
-        cached = self._cache.get(path)
-        if cached is not None:
-            self._cache.move_to_end(path)
-            self.hits += 1
-            return cached
-        self.misses += 1
-        fields: dict[str, np.ndarray] = {}
-        aliases: dict[str, str] = {}
-        with self.reader(path) as ds:
-            if self._spacing is None and "x" in ds.coords and ds.sizes.get("x", 0) > 1:
-                self._spacing = float(abs(ds["x"].values[1] - ds["x"].values[0]))
-            for name, var in ds.data_vars.items():
-                if var.dims[-2:] != ("y", "x"):
-                    continue
-                arr = np.asarray(var.values)
-                if arr.ndim == 3 and var.dims[0] == "time":
-                    arr = arr[0]
-                if arr.ndim != 2:
-                    continue
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
-                if self._shape is None:
-                    self._shape = (int(arr.shape[0]), int(arr.shape[1]))
-                elif arr.shape != self._shape:
-                    raise GridMismatchError(f"{path}: grid {arr.shape} differs from the first frame's {self._shape}")
-                fields[str(name)] = arr
-                self._units.setdefault(str(name), str(var.attrs.get("units", "1")))
-                quantity = var.attrs.get("quantity")
-                if isinstance(quantity, str) and quantity and quantity != name:
-                    aliases.setdefault(quantity, str(name))
-        for quantity, name in aliases.items():
-            if quantity not in fields:
-                fields[quantity] = fields[name]
-                self._units.setdefault(quantity, self._units[name])
-        self._cache[path] = fields
-        if len(self._cache) > self.cache_frames:
-            self._cache.popitem(last=False)
-        return fields
-
-    def grid_spacing(self) -> float | None:
-        """Spacing of the x coordinate in metres (read from the first frame when not yet known)."""
-        if self._spacing is None and len(self.index):
-            self._fields(self.index.input_files[0][0])
-        return self._spacing
-
-    def _files(self, frame: int, source: str) -> tuple[Path, ...]:
-        inputs = self.index.input_files[frame]
-        targets = () if self.index.target_files is None else (self.index.target_files[frame],)
-        return targets + inputs if source == "targets" else inputs + targets
-
-    def field(self, frame: int, variable: str, source: str = "inputs") -> np.ndarray:
-        """Whole 2-D field of ``variable`` at ``frame`` (``source='targets'``: the target file first)."""
-        files = self._files(frame, source)
-        for path in files:
-            fields = self._fields(path)
-            if variable in fields:
-                return fields[variable]
-        have = sorted({v for p in files for v in self._fields(p)})
-        raise MissingVariableError(files[0], f"no 2-D variable {variable!r} at this time; files hold {have}")
-
-    def read(
-        self,
-        frame: int,
-        variables: Sequence[str],
-        source: str = "inputs",
-        window: tuple[int, int, int, int] | None = None,
-    ) -> np.ndarray:
-        """float32 ``[C, h, w]`` of ``variables``; ``window = (y0, x0, h, w)`` crops before copying."""
-        arrays = [self.field(frame, v, source) for v in variables]
-        if window is not None:
-            y0, x0, h, w = window
-            arrays = [a[y0 : y0 + h, x0 : x0 + w] for a in arrays]
-        return np.stack(arrays)
-
-    def units(self, variables: Sequence[str], source: str = "inputs") -> list[str]:
-        """Units attribute of each variable (read from the first frame)."""
-        for v in variables:
-            if v not in self._units:
-                self.field(0, v, source)
-        return [self._units[v] for v in variables]
-
-    def grid_shape(self) -> tuple[int, int]:
-        if self._shape is None:
-            path = self.index.input_files[0][0]
-            self._fields(path)
-            if self._shape is None:
-                raise MissingVariableError(path, "no 2-D (y, x) variable in the file")
-        return self._shape
 
 
 @dataclass(frozen=True)
@@ -252,43 +120,6 @@ def _augment(arrays: list[np.ndarray], k: int, flip_y: bool, flip_x: bool) -> li
             a = a[..., ::-1]
         out.append(np.ascontiguousarray(a))
     return out
-
-
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` so random patches are reproducible per epoch in any worker.
-
-    The order is shuffled from ``(seed, epoch)`` when ``shuffle``. Lightning calls
-    :meth:`set_epoch` before each epoch; without it the epoch advances on each iteration.
-    """
-
-    def __init__(self, length: int, shuffle: bool = True, seed: int = 0) -> None:
-        self.length = int(length)
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        order = (
-            np.random.default_rng([self.seed, epoch]).permutation(self.length)
-            if self.shuffle
-            else np.arange(self.length)
-        )
-        for i in order:
-            yield epoch, int(i)
-
-
-def _split_key(key: SampleKey) -> tuple[int, int]:
-    if isinstance(key, tuple):
-        return int(key[0]), int(key[1])
-    return 0, int(key)
 
 
 def _as_windows(frames: np.ndarray) -> np.ndarray:
@@ -411,7 +242,7 @@ class GriddedDataset(Dataset[Sample]):
 
     def locate(self, key: SampleKey) -> tuple[int, tuple[int, int, int, int], tuple[int, bool, bool]]:
         """Window, crop ``(y0, x0, h, w)`` and augmentation ``(rot90 k, flip_y, flip_x)`` of ``key``."""
-        epoch, idx = _split_key(key)
+        epoch, idx = split_key(key)
         if not 0 <= idx < len(self):
             raise IndexError(f"sample {idx} out of range (0..{len(self) - 1})")
         height, width = self.grid_shape
@@ -475,7 +306,7 @@ class GriddedDataset(Dataset[Sample]):
             "inputs": torch.from_numpy(inputs),
             "target": torch.from_numpy(target),
             "mask": torch.from_numpy(mask),
-            "time": torch.tensor(_seconds(self.reference_time(window)), dtype=torch.float64),
+            "time": torch.tensor(seconds_since_epoch(self.reference_time(window)), dtype=torch.float64),
         }
 
 
@@ -620,127 +451,25 @@ class SequenceDataset(GriddedDataset):
         return lead_names(self.target_variables, range(1, self.num_output_frames + 1), self.step_minutes)
 
 
-def visibility_classes(visibility_m: np.ndarray, bins: Sequence[float] = VISIBILITY_BINS_M) -> np.ndarray:
-    """Visibility (m) -> class index (0: below the first bin edge ...); -1 where unknown."""
-    v = np.asarray(visibility_m, dtype=np.float64)
-    out = np.digitize(v, np.asarray(bins, dtype=np.float64), right=False).astype(np.int64)
-    out[~np.isfinite(v)] = -1
-    return out
-
-
-def class_indices(values: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
-    """Class names -> indices; -1 where empty or unknown."""
-    lookup = {name: i for i, name in enumerate(class_names)}
-    return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 [3, H, W] RGB of a webcam image, via the readers."""
-    from meteovision.datasets.readers import open_dataset
-
-    with open_dataset(path) as ds:
-        for var in ds.data_vars.values():
-            if var.dims[-3:] == ("band", "y", "x"):
-                arr = np.asarray(var.values)
-                return arr[0] if arr.ndim == 4 else arr
-    raise MissingVariableError(path, "no (band, y, x) image variable")
-
-
-def resize_image(raw: np.ndarray, size: int, path: Path | None = None) -> np.ndarray:
-    """uint8 [3, H, W] -> uint8 [3, size, size] (bilinear, antialiased)."""
-    if raw.ndim != 3 or raw.shape[0] != 3:
-        raise MissingVariableError(path or Path("?"), f"expected an RGB image [3, H, W], not {raw.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None]
-    resized = torch.nn.functional.interpolate(
-        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-class ImageStore:
-    """Webcam images of :class:`ImageRecords`, resized to ``image_size`` squared (bilinear, antialiased)
-    once and kept as uint8 in an LRU of ``cache_images`` (per worker; the cache is not pickled)."""
-
-    def __init__(
-        self,
-        records: ImageRecords,
-        image_size: int = 128,
-        cache_images: int = 1024,
-        image_reader: Callable[[Path], np.ndarray] | None = None,
-    ) -> None:
-        if image_size < 8:
-            raise SamplingError(f"image_size must be >= 8, got {image_size}")
-        self.records = records
-        self.image_size = image_size
-        self.cache_images = max(int(cache_images), 1)
-        self.image_reader = image_reader or read_image
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_cache"] = OrderedDict()
-        return state
-
-    def image(self, record: int) -> np.ndarray:
-        """uint8 [3, S, S] image of record ``record``."""
-        cached = self._cache.get(record)
-        if cached is not None:
-            self._cache.move_to_end(record)
-            return cached
-        path = self.records.paths[record]
-        img = resize_image(np.asarray(self.image_reader(path)), self.image_size, path)
-        self._cache[record] = img
-        if len(self._cache) > self.cache_images:
-            self._cache.popitem(last=False)
-        return img
-
-
-class ClassificationDataset(Dataset[Sample]):
-    """Webcam image -> class index (snow class, visibility class); records without a label are left out.
-
-    Training flips images left-right only (a scene has its sky on top).
-    """
-
-    def __init__(
-        self,
-        store: ImageStore,
-        indices: Sequence[int] | np.ndarray,
-        labels: np.ndarray,
-        normalization: NormalizationStats,
-        *,
-        train: bool = False,
-        flips: bool = False,
-        seed: int = 0,
-    ) -> None:
-        self.store = store
-        self.records = store.records
-        idx = np.asarray(indices, dtype=np.int64)
-        labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(self.records),):
-            raise SamplingError(f"{labels.shape[0]} labels for {len(self.records)} records")
-        keep = labels[idx] >= 0
-        if (~keep).any():
-            LOG.warning("%s: %d image(s) without a usable label left out", self.records.csv_path, int((~keep).sum()))
-        self.indices = idx[keep]
-        self.labels = labels
-        self.normalization = normalization
-        self.train = train
-        self.flips = flips
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def __getitem__(self, key: SampleKey) -> Sample:
-        epoch, idx = _split_key(key)
-        if not 0 <= idx < len(self):
-            raise IndexError(f"sample {idx} out of range (0..{len(self) - 1})")
-        record = int(self.indices[idx])
-        x = self.normalization.normalize(self.store.image(record).astype(np.float32), channel_axis=0)
-        if self.train and self.flips and np.random.default_rng([self.seed, epoch, idx]).random() < 0.5:
-            x = np.ascontiguousarray(x[..., ::-1])
-        return {
-            "inputs": torch.from_numpy(x),
-            "target": torch.tensor(int(self.labels[record]), dtype=torch.int64),
-            "time": torch.tensor(_seconds(self.records.times[record]), dtype=torch.float64),
-        }
+__all__ = [
+    "TARGET_KINDS",
+    "AugmentSettings",
+    "ClassificationDataset",
+    "EpochSampler",
+    "FrameStore",
+    "GriddedDataset",
+    "ImageStore",
+    "PatchSettings",
+    "PixelRegressionDataset",
+    "Reader",
+    "Sample",
+    "SampleKey",
+    "SamplingError",
+    "SegmentationDataset",
+    "SequenceDataset",
+    "class_indices",
+    "lead_names",
+    "read_image",
+    "resize_image",
+    "visibility_classes",
+]

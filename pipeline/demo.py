@@ -21,18 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meteovision.core.applications import APPLICATION_NAMES
+
 log = logging.getLogger(__name__)
 
-APPS: tuple[str, ...] = (
-    "bow_echo",
-    "nowcast_precip",
-    "nowcast_reflectivity",
-    "nowcast_cloudiness",
-    "sat2precip",
-    "radar_cleaning",
-    "webcam_snow",
-    "webcam_visibility",
-)
+APPS: tuple[str, ...] = APPLICATION_NAMES
 
 #: Short training for the demo: (max_epochs, limit_train_batches) per application on 2 CPU cores.
 DEMO_BUDGET: dict[str, tuple[int, int]] = {

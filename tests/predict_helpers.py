@@ -8,7 +8,7 @@ check that what ``predict`` writes is exactly what the network computes.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from meteovision.datasets.datamodules import (
     SegmentationDataModule,
     SequenceDataModule,
 )
+from meteovision.datasets.datamodules.gridded import REGRESSION_PATCHES, SEGMENTATION_PATCHES, SEQUENCE_PATCHES
+from meteovision.datasets.datamodules.settings import LoaderSettings
 from meteovision.datasets.readers import open_dataset
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.datasets.synthetic.grids import radar_grid
@@ -44,6 +46,7 @@ __all__ = [
 
 
 SAMPLE = SampleSettings(size=48, events=3, frames_per_event=6)
+BATCH_4 = LoaderSettings(batch_size=4)
 HALFUNET = {"num_filters": 4, "depth": 2}
 
 
@@ -77,8 +80,9 @@ def bow_checkpoint(root: Path) -> Trained:
     data = root / "bow_echo"
     generate_sample_data("bow_echo", data, seed=1, settings=SAMPLE)
     task = SegmentationTask(application="bow_echo", model="halfunet", model_settings=HALFUNET, baseline=None)
-    dm = SegmentationDataModule(data_dir=str(data), patch_size=32, batch_size=4, input_variables=["RATE"],
-                                target_variable="bow_echo_mask", transforms={"RATE": "log1p"})
+    dm = SegmentationDataModule(data_dir=str(data), patches=replace(SEGMENTATION_PATCHES, patch_size=32),
+                                loader=BATCH_4, input_variables=["RATE"], target_variable="bow_echo_mask",
+                                transforms={"RATE": "log1p"})
     return Trained(data, fit_checkpoint(task, dm, root / "bow.ckpt"))
 
 
@@ -88,7 +92,7 @@ def nowcast_checkpoint(root: Path, app: str = "nowcast_precip", variable: str = 
     generate_sample_data(app, data, seed=1, settings=SAMPLE)
     task = NowcastTask(application=app, model="halfunet", model_settings=HALFUNET, baseline=None)
     dm = SequenceDataModule(data_dir=str(data), variables=[variable], num_input_frames=n_in,
-                            num_output_frames=n_out, patch_size=32, batch_size=4,
+                            num_output_frames=n_out, patches=replace(SEQUENCE_PATCHES, patch_size=32), loader=BATCH_4,
                             transforms={variable: transform})
     return Trained(data, fit_checkpoint(task, dm, root / f"{app}.ckpt"))
 
@@ -97,7 +101,8 @@ def sat2precip_checkpoint(root: Path) -> Trained:
     data = root / "sat2precip"
     generate_sample_data("sat2precip", data, seed=1, settings=SAMPLE)
     task = RegressionTask(application="sat2precip", model="halfunet", model_settings=HALFUNET, baseline=None)
-    dm = RegressionDataModule(data_dir=str(data), patch_size=32, batch_size=4, transforms={"RATE": "log1p"})
+    dm = RegressionDataModule(data_dir=str(data), patches=replace(REGRESSION_PATCHES, patch_size=32), loader=BATCH_4,
+                              transforms={"RATE": "log1p"})
     return Trained(data, fit_checkpoint(task, dm, root / "sat2precip.ckpt"))
 
 
@@ -106,7 +111,7 @@ def webcam_checkpoint(root: Path) -> Trained:
     settings = SampleSettings(events=3, frames_per_event=3, cameras=2, image_height=32, image_width=48)
     generate_sample_data("webcam_snow", data, seed=1, settings=settings)
     task = ClassificationTask(application="webcam_snow", model="resnet18", baseline=None)
-    dm = ClassificationDataModule(data_dir=str(data), image_size=32, batch_size=4)
+    dm = ClassificationDataModule(data_dir=str(data), image_size=32, loader=BATCH_4)
     return Trained(data, fit_checkpoint(task, dm, root / "webcam.ckpt"))
 
 

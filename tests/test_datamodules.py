@@ -27,6 +27,7 @@ from meteovision.datasets.datamodules import (
     SequenceDataModule,
     datamodule_for_app,
 )
+from meteovision.datasets.datamodules.settings import AugmentSettings, LoaderSettings, PatchSettings, SplitSettings
 from meteovision.datasets.summary import add_arguments, run, summarize_files
 from meteovision.datasets.synthetic import APPS, SampleSettings, generate_sample_data
 from meteovision.datasets.torch_datasets import SamplingError
@@ -54,13 +55,15 @@ def bow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _bow_folder(tmp_path_factory.mktemp("bowdm"))
 
 
+SPLIT_20 = SplitSettings(val_fraction=0.2, test_fraction=0.2)
+
+
 def _seg(data_dir: Path, **kw: Any) -> SegmentationDataModule:
     args: dict[str, Any] = {
-        "patch_size": 16,
-        "batch_size": 4,
+        "patches": PatchSettings(patch_size=16, patches_per_frame=4, positive_patch_probability=0.5),
+        "loader": LoaderSettings(batch_size=4),
         "transforms": {"RATE": "log1p"},
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
+        "split": SPLIT_20,
     }
     args.update(kw)
     return SegmentationDataModule(str(data_dir), **args)
@@ -77,17 +80,17 @@ data:
     data_dir: {bow_dir}
     input_variables: [RATE]
     target_variable: bow_echo_mask
-    patch_size: 16
-    patches_per_frame: 2
-    batch_size: 4
-    val_fraction: 0.2
-    test_fraction: 0.2
     transforms: {{RATE: log1p}}
-    min_positive_fraction: 0.03
-    positive_patch_probability: 0.5
+    split: {{val_fraction: 0.2, test_fraction: 0.2}}
+    loader: {{batch_size: 4}}
+    patches: {{patch_size: 16, patches_per_frame: 2, min_positive_fraction: 0.03}}
 """
     dm = parser.instantiate(parser.parse_string(config)).data
     assert isinstance(dm, SegmentationDataModule)
+    # a group replaces only the fields it names: the rest keep the segmentation defaults
+    assert dm.patch == PatchSettings(patch_size=16, patches_per_frame=2, min_positive_fraction=0.03,
+                                     positive_patch_probability=0.5, positive_threshold=0.5)
+    assert dm.split_settings == SPLIT_20 and dm.loader == LoaderSettings(batch_size=4, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"].shape == (4, 1, 16, 16) and batch["inputs"].dtype == torch.float32
@@ -210,8 +213,9 @@ def test_statistics_travel_in_a_lightning_checkpoint(
 
 
 def test_loader_workers_give_the_same_batches(bow_dir: Path) -> None:
-    one = _seg(bow_dir, num_workers=0, flips=True, rot90=True, seed=3)
-    two = _seg(bow_dir, num_workers=2, flips=True, rot90=True, seed=3)
+    both = AugmentSettings(flips=True, rot90=True)
+    one = _seg(bow_dir, loader=LoaderSettings(batch_size=4, num_workers=0), augment=both, seed=3)
+    two = _seg(bow_dir, loader=LoaderSettings(batch_size=4, num_workers=2), augment=both, seed=3)
     one.setup("fit")
     two.load_state_dict(one.state_dict())
     two.setup("fit")
@@ -223,10 +227,35 @@ def test_loader_workers_give_the_same_batches(bow_dir: Path) -> None:
 def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match=r"no manifest\.json"):
         _ = _seg(tmp_path / "absent").channel_names
-    with pytest.raises(SamplingError, match="split_mode 'random' unknown"):
-        _seg(tmp_path, split_mode="random")
-    with pytest.raises(SamplingError, match="must be < 1"):
-        _seg(tmp_path, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(SamplingError, match=r"split\.mode 'random' unknown"):
+        _seg(tmp_path, split=SplitSettings(mode="random"))
+    with pytest.raises(SamplingError, match=r"split\.val_fraction 0\.5 \+ split\.test_fraction 0\.5 must be < 1"):
+        _seg(tmp_path, split=SplitSettings(val_fraction=0.5, test_fraction=0.5))
+    with pytest.raises(SamplingError, match=r"loader\.batch_size must be >= 1, got 0"):
+        _seg(tmp_path, loader=LoaderSettings(batch_size=0))
+    with pytest.raises(SamplingError, match=r"augment\.rot90"):
+        ClassificationDataModule(str(tmp_path), augment=AugmentSettings(flips=True, rot90=True))
+
+
+def test_old_flat_keys_still_work_with_a_deprecation_warning(bow_dir: Path) -> None:
+    """Flat keys of earlier configs are read for one more release, mapped into their group."""
+    with pytest.warns(DeprecationWarning, match=r"'batch_size' is deprecated.*loader: \{batch_size: 3\}"):
+        dm = SegmentationDataModule(str(bow_dir), batch_size=3, split=SPLIT_20)
+    assert dm.loader == LoaderSettings(batch_size=3, num_workers=0)
+    with (pytest.warns(DeprecationWarning, match="'split_mode' is deprecated"),
+          pytest.raises(SamplingError, match=r"split\.mode 'random' unknown")):
+        _seg(bow_dir, split_mode="random")
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    config = f"""
+data:
+  class_path: meteovision.datasets.datamodules.SegmentationDataModule
+  init_args: {{data_dir: {bow_dir}, patch_size: 24, flips: false}}
+"""
+    with pytest.warns(DeprecationWarning, match="'patch_size' is deprecated"):
+        old = parser.instantiate(parser.parse_string(config)).data
+    assert old.patch.patch_size == 24 and old.patch.patches_per_frame == 4 and old.augment.flips is False
+    assert old.hparams["patches"]["patch_size"] == 24 and "patch_size" not in old.hparams
 
 
 # ----------------------------------------------------------------------------------------- other modules
@@ -238,11 +267,10 @@ def test_sequence_datamodule(tmp_path: Path) -> None:
         str(root),
         num_input_frames=3,
         num_output_frames=2,
-        patch_size=8,
-        batch_size=2,
+        patches=PatchSettings(patch_size=8, patches_per_frame=2),
+        loader=LoaderSettings(batch_size=2),
         transforms={"RATE": "log10_rain"},
-        val_fraction=0.2,
-        test_fraction=0.2,
+        split=SPLIT_20,
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -263,7 +291,8 @@ def test_regression_datamodule(tmp_path: Path) -> None:
     rate[:, :2] = np.nan
     root = write_satellite_folder(tmp_path, times, chans, rate)
     dm = RegressionDataModule(
-        str(root), patch_size=None, batch_size=3, transforms={"RATE": "log1p"}, val_fraction=0.2, test_fraction=0.2
+        str(root), patches=PatchSettings(patch_size=None), loader=LoaderSettings(batch_size=3),
+        transforms={"RATE": "log1p"}, split=SPLIT_20,
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -277,14 +306,14 @@ def test_regression_datamodule(tmp_path: Path) -> None:
 
 def test_classification_datamodule(tmp_path: Path) -> None:
     root = write_webcam_folder(tmp_path, event_times(5, 2, step_minutes=60), cameras=2)
-    dm = ClassificationDataModule(str(root), image_size=16, batch_size=4, val_fraction=0.2, test_fraction=0.2)
+    dm = ClassificationDataModule(str(root), image_size=16, loader=LoaderSettings(batch_size=4), split=SPLIT_20)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"].shape == (4, 3, 16, 16) and batch["target"].dtype == torch.int64
     assert "mask" not in batch
     assert dm.class_names == ["none", "partial", "full"] and dm.channel_names == ["red", "green", "blue"]
     assert dm.split.counts() == {"train": 12, "val": 4, "test": 4, "dropped": 0}
-    vis = ClassificationDataModule(str(root), label="visibility", image_size=16, val_fraction=0.2, test_fraction=0.2)
+    vis = ClassificationDataModule(str(root), label="visibility", image_size=16, split=SPLIT_20)
     assert vis.class_names == ["<200 m", "200-1000 m", "1-5 km", ">5 km"]
     np.testing.assert_array_equal(vis.labels[:4], [0, 1, 1, 2])  # 150, 700 | 700, 3000 m
 
@@ -303,11 +332,11 @@ SMALL = SampleSettings(size=32, events=5, frames_per_event=8, cameras=2, image_h
 @pytest.mark.parametrize("app", APPS)
 def test_every_app_from_the_generator(app: str, tmp_path: Path) -> None:
     generate_sample_data(app, tmp_path / app, seed=0, settings=SMALL)
-    over: dict[str, Any] = {"batch_size": 4}
+    over: dict[str, Any] = {"loader": {"batch_size": 4}}
     if app.startswith("webcam"):
         over["image_size"] = 32
     else:
-        over["patch_size"] = 32
+        over["patches"] = {"patch_size": 32}  # only the patch size: the app's other patch defaults stay
     if app.startswith("nowcast"):
         over.update(num_input_frames=3, num_output_frames=2)
     dm = datamodule_for_app(app, str(tmp_path / app), **over)

@@ -165,7 +165,7 @@ def test_saved_config_is_the_resolved_config(seg_run: SegRun) -> None:
     # the command-line override, not the YAML's relative path
     assert saved["data"]["init_args"]["data_dir"] == str(seg_run.data_dir)
     # resolved: defaults the YAML left out are written too
-    assert saved["data"]["init_args"]["val_fraction"] == 0.15
+    assert saved["data"]["init_args"]["split"]["val_fraction"] == 0.15
     assert saved["seed_everything"] == 7
 
 
@@ -257,6 +257,27 @@ def test_unknown_loss_is_named_with_the_known_ones(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "loss 'dicee' is unknown" in err and "bce_dice" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "value", "named"),
+    [
+        ("--model.init_args.optimizer", "{name: adamx, lr: 0.001}", "optimizer.name 'adamx' is unknown"),
+        ("--model.init_args.optimizer", "{name: adamw, lrr: 0.001}", "optimizer 'adamw': unknown setting(s) ['lrr']"),
+        ("--model.init_args.optimizer", "{name: adamw, lr: -1.0}", "optimizer 'adamw': Invalid learning rate"),
+        ("--model.init_args.scheduler", "{name: cosinus}", "scheduler.name 'cosinus' is unknown"),
+    ],
+)
+def test_optimizer_typo_is_refused_before_reading_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, value: str, named: str
+) -> None:
+    """Like a loss typo, a bad optimiser or scheduler is refused when the task is built: no data read."""
+    data_dir = tmp_path / "never_generated"
+    code, _ = run_cli(tmp_path, "fit", "--config", SEG_CONFIG, "--data.init_args.data_dir", data_dir, override, value)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "meteovision fit: error:" in err and named in err and "Traceback" not in err
+    assert not data_dir.exists() and not (tmp_path / "run").exists()
 
 
 def test_in_process_errors_keep_the_package_error(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from meteovision.core.applications import APPLICATIONS
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.workflows.model_registry import ModelRegistry, ModelVersion
@@ -38,7 +39,8 @@ __all__ = ["DEFAULT_METRICS", "RetrainError", "RetrainResult", "RetrainSettings"
            "retrain", "run"]
 
 Mode = Literal["max", "min"]
-#: metric key of test_metrics.json ``model_scores`` and its direction, per task kind
+#: metric key of test_metrics.json ``model_scores`` and its direction, per task kind, for a checkpoint of an
+#: application outside the table; the table's ``headline_metric`` comes first (meteovision.core.applications)
 DEFAULT_METRICS: dict[str, tuple[str, Mode]] = {
     "segmentation": ("cont/csi@0.5", "max"),
     "regression": ("reg/rmse", "min"),
@@ -213,6 +215,17 @@ def _task_kind(checkpoint: Path) -> str:
     return str(load_checkpoint(checkpoint)[CHECKPOINT_KEY].get("task_kind") or "")
 
 
+def _headline_metric(checkpoint: Path) -> tuple[str, Mode] | None:
+    """The application table's headline metric of the checkpoint's application (None: not in the table)."""
+    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
+
+    name = str(load_checkpoint(checkpoint)[CHECKPOINT_KEY].get("application") or "")
+    if name not in APPLICATIONS:
+        return None
+    headline = APPLICATIONS[name].headline_metric
+    return headline.key, "max" if headline.higher_is_better else "min"
+
+
 INTENDED_USE = {
     "segmentation": "Detecting the target feature ({targets}) on {inputs} fields, as a probability and a mask, "
                     "to draw forecasters' attention; not a warning on its own.",
@@ -314,7 +327,8 @@ def retrain(settings: RetrainSettings) -> RetrainResult:
     work = settings.workdir or registry.root / ".retrain" / f"run-{stamp}-{secrets.token_hex(3)}"
     candidate = train_candidate(settings, work / "train")
     kind = _task_kind(candidate)
-    metric, mode = DEFAULT_METRICS.get(kind, (None, None))
+    default = _headline_metric(candidate) or DEFAULT_METRICS.get(kind)
+    metric, mode = default if default is not None else (None, None)
     metric = settings.metric or metric
     mode = settings.mode or mode or "max"
     if metric is None:

@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 from PIL import Image, UnidentifiedImageError
 
+from meteovision.core.applications import LABEL_COLUMNS, SNOW_CLASSES
 from meteovision.datasets.errors import CorruptFileError, MissingVariableError, ReaderError, SizeLimitError
 from meteovision.datasets.readers._common import (
     TimeLike,
@@ -30,8 +31,6 @@ from meteovision.datasets.readers.options import ReadOptions, with_overrides
 logger = logging.getLogger(__name__)
 
 SOURCE_FORMAT = "webcam_image"
-SNOW_CLASSES = ("none", "partial", "full")
-LABEL_COLUMNS = ("path", "camera", "time", "snow_class", "visibility_m")
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003

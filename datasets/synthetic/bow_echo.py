@@ -17,6 +17,7 @@ from datetime import datetime
 
 import numpy as np
 
+from meteovision.core.applications import get_application
 from meteovision.datasets.synthetic.common import (
     Manifest,
     OutputFolder,
@@ -346,7 +347,7 @@ def generate(app: str, folder: OutputFolder, seed: int, settings: SampleSettings
                         event.mask[t],
                         units="1",
                         long_name="bow echo mask (intense arc of a bowing convective line)",
-                        flags=((0, 1), "no_bow_echo bow_echo"),
+                        flags=get_application("bow_echo").flags,
                     )
                 ],
                 title="Synthetic bow-echo mask",

@@ -18,19 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from meteovision.core.applications import APPLICATION_NAMES
 from meteovision.datasets.errors import MeteovisionError
 
 #: Applications, in the order ``--app all`` writes them.
-APPS: tuple[str, ...] = (
-    "bow_echo",
-    "nowcast_precip",
-    "nowcast_reflectivity",
-    "nowcast_cloudiness",
-    "sat2precip",
-    "radar_cleaning",
-    "webcam_snow",
-    "webcam_visibility",
-)
+APPS: tuple[str, ...] = APPLICATION_NAMES
 
 
 class SampleDataError(MeteovisionError):

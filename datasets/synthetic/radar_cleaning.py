@@ -18,6 +18,7 @@ from datetime import datetime
 import numpy as np
 from scipy import ndimage
 
+from meteovision.core.applications import get_application
 from meteovision.datasets.synthetic.common import (
     Manifest,
     OutputFolder,
@@ -243,7 +244,7 @@ def generate(app: str, folder: OutputFolder, seed: int, settings: SampleSettings
                         event.mask[t],
                         units="1",
                         long_name="non-meteorological echo mask",
-                        flags=((0, 1), "precipitation_or_no_echo artefact"),
+                        flags=get_application("radar_cleaning").flags,
                     ),
                     CfVariable(
                         "DBZH",

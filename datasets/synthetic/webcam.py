@@ -17,6 +17,7 @@ from functools import cached_property
 
 import numpy as np
 
+from meteovision.core.applications import SNOW_CLASSES, VISIBILITY_BINS_M, VISIBILITY_CLASSES
 from meteovision.datasets.synthetic.common import (
     Manifest,
     OutputFolder,
@@ -33,9 +34,6 @@ from meteovision.datasets.synthetic.writers import write_jpeg, write_labels_csv
 LOG = logging.getLogger(__name__)
 
 WEBCAM_STEP_MINUTES = 30
-SNOW_CLASSES = ("none", "partial", "full")
-VISIBILITY_CLASSES = ("<200 m", "200-1000 m", "1-5 km", ">5 km")
-VISIBILITY_EDGES_M = (200.0, 1000.0, 5000.0)
 VISIBILITY_RANGE_M = (50.0, 20000.0)
 CONDITIONS = ("normal", "bright_sun", "overcast", "dusk")
 FOG_SKY_DEPTH_M = 2000.0  # the sky is seen through about this much fog
@@ -46,7 +44,7 @@ SKY, FAR, MID, GROUND, ROAD, TREE, TRUNK, POLE = range(8)
 
 def visibility_class(visibility_m: float) -> int:
     """Index into VISIBILITY_CLASSES."""
-    return int(np.searchsorted(VISIBILITY_EDGES_M, visibility_m, side="right"))
+    return int(np.searchsorted(VISIBILITY_BINS_M, visibility_m, side="right"))
 
 
 @dataclass(frozen=True)
@@ -438,5 +436,5 @@ def generate(app: str, folder: OutputFolder, seed: int, settings: SampleSettings
         target_variable="snow_class" if snow_app else "visibility_m",
         class_names=list(SNOW_CLASSES if snow_app else VISIBILITY_CLASSES),
         settings=settings,
-        extra={} if snow_app else {"class_edges_m": list(VISIBILITY_EDGES_M)},
+        extra={} if snow_app else {"class_edges_m": list(VISIBILITY_BINS_M)},
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meteovision.core.applications import LABEL_COLUMNS, Flags
 from meteovision.datasets.conventions import ODIM_QUANTITIES
 from meteovision.datasets.synthetic.common import SampleDataError
 from meteovision.datasets.synthetic.grids import Grid
@@ -177,14 +178,14 @@ def write_odim_composite(
 
 @dataclass(frozen=True)
 class CfVariable:
-    """One 2-D (y, x) field for a CF NetCDF file; ``flags`` (values, meanings) makes it an int8 mask."""
+    """One 2-D (y, x) field for a CF NetCDF file; ``flags`` (the application table's) makes it an int8 mask."""
 
     name: str
     data: np.ndarray
     units: str
     long_name: str
     standard_name: str | None = None
-    flags: tuple[tuple[int, ...], str] | None = None
+    flags: Flags | None = None
     valid_range: tuple[float, float] | None = None
 
 
@@ -262,8 +263,8 @@ def write_cf_netcdf(
             if v.standard_name:
                 attrs["standard_name"] = v.standard_name
             if v.flags is not None:
-                attrs["flag_values"] = np.array(v.flags[0], dtype=np.int8)
-                attrs["flag_meanings"] = v.flags[1]
+                attrs["flag_values"] = np.array(v.flags.values, dtype=np.int8)
+                attrs["flag_meanings"] = v.flags.meanings_attribute
             if v.valid_range is not None:
                 attrs["valid_range"] = np.array(v.valid_range, dtype=np.float32)
             var.setncatts(attrs)
@@ -289,9 +290,6 @@ def write_jpeg(target: Path, rgb: np.ndarray, time: datetime, camera: str, quali
     sub[0x9011] = "+00:00"  # OffsetTimeOriginal: times are UTC
     with atomic_path(target) as tmp:
         image.save(tmp, format="JPEG", quality=quality, exif=exif.tobytes())
-
-
-LABEL_COLUMNS = ("path", "camera", "time", "snow_class", "visibility_m")
 
 
 def write_labels_csv(target: Path, rows: Sequence[Mapping[str, str]]) -> None:

@@ -4,8 +4,8 @@ What each task kind writes (names known from the checkpoint alone, so an existin
 recognised and skipped before any model runs):
 
 * segmentation, binary (one logit): ``<thing>_probability`` (float32 0-1, the sigmoid) and
-  ``<thing>_mask`` (int8, flag_values 0 1, e.g. ``no_bow_echo bow_echo`` or ``precipitation
-  artefact``), the mask being ``probability >= threshold``;
+  ``<thing>_mask`` (int8, flag_values 0 1, flag_meanings from the application table, as in the
+  training targets), the mask being ``probability >= threshold``;
 * segmentation, multiclass: ``probability_<class>`` per class (softmax) and ``<thing>_class``
   (int8 class index, flag_meanings = the class names);
 * nowcast: one variable per input variable on ``(leadtime, y, x)``: rain rate in mm h-1
@@ -32,6 +32,7 @@ import rasterio
 import rasterio.errors
 from scipy.special import expit, softmax
 
+from meteovision.core.applications import APPLICATIONS
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import InferenceModel
 from meteovision.pipeline.inference.atomic import is_valid_netcdf
@@ -51,11 +52,6 @@ OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 SUFFIXES: dict[str, str] = {"netcdf": ".nc", "geotiff": ".tif"}
 GRIDDED_KINDS = ("segmentation", "nowcast", "regression")
 
-#: flag_meanings (0, 1) of binary masks, by the thing masked (target name without "_mask").
-FLAG_MEANINGS: dict[str, tuple[str, str]] = {
-    "bow_echo": ("no_bow_echo", "bow_echo"),
-    "artefact": ("precipitation", "artefact"),
-}
 
 
 class OutputError(MeteovisionError):
@@ -102,6 +98,15 @@ def _thing(meta: Mapping[str, Any]) -> str:
     targets = list(meta.get("target_names") or [])
     base = str(targets[0]) if targets else str(meta.get("application", "segment"))
     return _token(base.removesuffix("_mask"))
+
+
+def _mask_meanings(meta: Mapping[str, Any], thing: str) -> tuple[str, str]:
+    """flag_meanings (0, 1) of a binary mask: the application table's, so products say what the training
+    targets said; ``no_<thing> <thing>`` for an application outside the table."""
+    app = APPLICATIONS.get(str(meta.get("application") or ""))
+    if app is not None and app.flags is not None and len(app.flags.meanings) == 2:
+        return app.flags.meanings[0], app.flags.meanings[1]
+    return f"no_{thing}", thing
 
 
 def _class_names(meta: Mapping[str, Any]) -> list[str]:
@@ -207,7 +212,7 @@ def product_variables(
         if _binary(meta):
             prob = outputs[0]
             mask = np.where(nodata, np.nan, (prob >= threshold).astype(np.float32))
-            meanings = FLAG_MEANINGS.get(thing, (f"no_{thing}", thing))
+            meanings = _mask_meanings(meta, thing)
             return (
                 ProductVariable.probability(prob, names[0], f"probability of {label}"),
                 ProductVariable.mask(mask, names[1], f"{label} mask (probability >= {threshold:g})",

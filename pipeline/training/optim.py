@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from meteovision.core.errors import MeteovisionError
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
@@ -27,7 +29,7 @@ SCHEDULERS: dict[str, type[Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(MeteovisionError, ValueError):
     """A configuration value is unknown or of the wrong type; the message names it."""
 
 
@@ -81,3 +83,10 @@ def build_scheduler(
     if name == "plateau":
         out["monitor"] = monitor
     return out
+
+
+def check_optimizer_and_scheduler(optimizer: Mapping[str, Any], scheduler: Mapping[str, Any] | None) -> None:
+    """Build both over a dummy parameter, so a task refuses a bad name, key or value when it is
+    constructed (before any data is read), with the same error naming it as at fit time."""
+    dummy = build_optimizer([torch.nn.Parameter(torch.zeros(1))], optimizer)
+    build_scheduler(dummy, scheduler, max_epochs=1)

@@ -38,7 +38,8 @@ from meteovision.pipeline.training.metrics import (
     RegressionScores,
     SegmentationScores,
 )
-from meteovision.pipeline.training.optim import build_optimizer, build_scheduler
+from meteovision.pipeline.training.optim import build_optimizer, build_scheduler, check_optimizer_and_scheduler
+from meteovision.pipeline.training.rain_kept import RainKept, channel_of
 from meteovision.pipeline.training.report import format_comparison_table
 from meteovision.pipeline.verification.baselines import get_baseline
 
@@ -95,6 +96,7 @@ class MeteoTask(L.LightningModule):
         self.thresholds = list(thresholds) if thresholds else [0.5]
         self.use_channels_last = channels_last
         self.loss_fn = build_loss(**self.loss_settings)
+        check_optimizer_and_scheduler(self.optimizer_settings, self.scheduler_settings)
         # check the model name and settings now, not after the data has been read and normalised
         get_model_spec(self.model_name, **self.model_settings)
         self.net: nn.Module | None = None
@@ -307,27 +309,17 @@ class SegmentationTask(MeteoTask):
     def __init__(
         self,
         application: str,
-        model: str = "unet",
-        model_settings: dict[str, Any] | None = None,
-        in_channels: int | None = None,
-        out_channels: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
-        baseline: str | None = None,
-        thresholds: list[float] | None = None,
-        channels_last: bool = False,
+        *,
         rain_kept_channel: str | None = None,
         rain_kept_threshold: float = 5.0,
+        **kwargs: Any,
     ) -> None:
         """``rain_kept_channel`` (radar cleaning): score the share of true echoes of that input channel
-        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged."""
+        (above ``rain_kept_threshold`` in its physical units, outside the artefact mask) left unflagged.
+        The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         self.rain_kept_channel = rain_kept_channel
         self.rain_kept_threshold = rain_kept_threshold
-        super().__init__(
-            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
-            baseline, thresholds, channels_last,
-        )
+        super().__init__(application, **kwargs)
 
     def output_channels_from(self, dm: Any) -> int:
         classes = getattr(dm, "class_names", None)
@@ -357,42 +349,13 @@ class SegmentationTask(MeteoTask):
             _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
                                   None if mask is None else mask.squeeze(1))
             if "rain" in metrics and self.rain_kept_channel:
-                echo = _channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
+                echo = channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
                 true_echo = (echo >= self.rain_kept_threshold) & (target.squeeze(1) < 0.5)
                 if mask is not None:
                     true_echo &= mask.squeeze(1)
                 _metric(metrics, "rain").update(pred.squeeze(1) < 0.5, true_echo)
         else:
             _metric(metrics, "seg").update(pred, target, mask)
-
-
-class RainKept(Metric):
-    """Share of true precipitation echoes that a cleaning method leaves in place (higher is better)."""
-
-    full_state_update = False
-    kept: Tensor
-    total: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("kept", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-
-    def update(self, kept: Tensor, true_echo: Tensor) -> None:
-        self.kept += (kept & true_echo).sum()
-        self.total += true_echo.sum()
-
-    def compute(self) -> dict[str, Tensor]:
-        total = self.total.double()
-        share = self.kept.double() / total if self.total > 0 else torch.tensor(float("nan"), dtype=torch.float64)
-        return {"rain_kept": share, "n": self.total}
-
-
-def _channel_of(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
-    names = list(meta.get("channel_names") or [])
-    if name not in names:
-        raise KeyError(f"rain_kept_channel '{name}' is not an input channel; inputs are {names}")
-    return inputs[:, names.index(name)]
 
 
 class NowcastTask(MeteoTask):
@@ -404,37 +367,31 @@ class NowcastTask(MeteoTask):
     def __init__(
         self,
         application: str,
+        *,
         model: str = "deeplabv3plus",
-        model_settings: dict[str, Any] | None = None,
-        in_channels: int | None = None,
-        out_channels: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
         baseline: str | None = "persistence",
         thresholds: list[float] | None = None,
-        channels_last: bool = False,
         fss_scales: list[int] | None = None,
         time_step_minutes: float = 5.0,
         nowcast_head: str = "lagrangian",
         variables_per_frame: int | None = None,
         max_speed: float = 12.0,
+        **kwargs: Any,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
         (the same plus a learned correction per lead),
         ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
         ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
-        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km)."""
+        the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km).
+        The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         if not max_speed > 0:
             raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
         self.nowcast_head = nowcast_head
         self.max_speed = float(max_speed)
-        super().__init__(
-            application, model, model_settings, in_channels, out_channels, loss, optimizer, scheduler,
-            baseline, thresholds or [0.5, 1.0, 5.0, 10.0], channels_last,
-        )
+        super().__init__(application, model=model, baseline=baseline,
+                         thresholds=thresholds or [0.5, 1.0, 5.0, 10.0], **kwargs)
 
     def make_metrics(self) -> nn.ModuleDict:
         metrics: dict[str, nn.Module] = {}
