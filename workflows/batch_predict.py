@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from torch.utils.data import Dataset, Sampler
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.cli import PRECISION_HELP
@@ -41,7 +42,7 @@ from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
 from meteovision.pipeline.inference.predict import PRECISIONS
 
 if TYPE_CHECKING:
-    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel
     from meteovision.pipeline.inference.predict import PredictReport, PredictSettings
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 RECORD_GLOB = "rank-*.jsonl"
-SUPPORTED_KINDS = ("segmentation", "regression", "nowcast")
+SUPPORTED_KINDS = (TaskKind.SEGMENTATION, TaskKind.REGRESSION, TaskKind.NOWCAST)
 
 
 class BatchPredictError(MeteovisionError):
@@ -86,17 +87,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _unit_kind(model: InferenceModel) -> str:
+def _unit_kind(model: InferenceModel) -> TaskKind:
     return _check_kind(model.meta, model.path)
 
 
-def _check_kind(meta: dict[str, Any], path: Path) -> str:
-    from meteovision.pipeline.inference.outputs import task_kind_of
-
-    kind = str(task_kind_of(meta))
+def _check_kind(meta: CheckpointMetadata, path: Path) -> TaskKind:
+    kind = meta.task_kind
     if kind not in SUPPORTED_KINDS:
         raise BatchPredictError(
-            f"{path}: batch-predict runs {', '.join(SUPPORTED_KINDS)} checkpoints, not {kind!r} "
+            f"{path}: batch-predict runs {', '.join(SUPPORTED_KINDS)} checkpoints, not {kind.value!r} "
             "(classification writes one table for all images: use `meteovision predict`)"
         )
     return kind
@@ -114,9 +113,9 @@ def predict_unit(
     """
     from meteovision.pipeline.inference.predict import predict_file, predict_sequence
 
-    if _unit_kind(model) != "nowcast":
+    if _unit_kind(model) is not TaskKind.NOWCAST:
         return predict_file(model, files[index], settings)
-    n_in = int(model.meta.get("num_input_frames") or 1)
+    n_in = model.meta.num_input_frames
     window = files[max(0, index - n_in + 1): index + 1]
     return predict_sequence(model, window, replace(settings, latest_only=True))
 
@@ -267,9 +266,9 @@ def run_batch(
         raise BatchPredictError(f"devices ({devices}) and num-nodes ({num_nodes}) must be >= 1")
     if not files:
         raise BatchPredictError("no input file to process")
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import load_metadata
 
-    _check_kind(load_checkpoint(checkpoint)[CHECKPOINT_KEY], checkpoint)  # refused before any rank starts
+    _check_kind(load_metadata(checkpoint), checkpoint)  # refused before any rank starts
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     stage_cls, data_cls = _lightning_classes()
     stage = stage_cls(checkpoint, files, settings, log_dir)

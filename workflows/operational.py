@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
@@ -183,28 +184,26 @@ def predict_settings(config: OperationalConfig) -> PredictSettings:
 
 def check_model(config: OperationalConfig, model: InferenceModel) -> None:
     """Refuse a checkpoint that does not fit the configuration's kind, frame count or step."""
-    from meteovision.pipeline.inference.outputs import task_kind_of
-
-    kind = task_kind_of(model.meta)
+    kind = model.meta.task_kind
     where = f"checkpoint {config.checkpoint}"
     if config.kind == "single_file":
-        if kind == "nowcast":
+        if kind is TaskKind.NOWCAST:
             raise OperationalConfigError(
                 f"kind: single_file cannot run the nowcast {where}; use kind "
                 "nowcast_sequence with a sequence section"
             )
         return
     assert config.sequence is not None
-    if kind != "nowcast":
+    if kind is not TaskKind.NOWCAST:
         raise OperationalConfigError(
-            f"kind: nowcast_sequence needs a nowcast checkpoint; {where} is {kind!r}"
+            f"kind: nowcast_sequence needs a nowcast checkpoint; {where} is {kind.value!r}"
         )
-    frames = int(model.meta.get("num_input_frames") or 0)
+    frames = model.meta.num_input_frames
     if frames != config.sequence.frames:
         raise OperationalConfigError(
             f"sequence.frames: {config.sequence.frames}, but {where} takes {frames} input frames"
         )
-    step = float(model.meta.get("time_step_minutes") or 0.0)
+    step = model.meta.time_step_minutes or 0.0
     if not math.isclose(step, config.sequence.step_minutes, rel_tol=1e-6):
         raise OperationalConfigError(
             f"sequence.step_minutes: {config.sequence.step_minutes:g}, but {where} was "

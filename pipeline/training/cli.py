@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.checkpoints.loading import load_metadata
 from meteovision.pipeline.training.tasks import MeteoTask
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,35 @@ class MeteoCLI(LightningCLI):
     """LightningCLI with the meteovision conventions above."""
 
     def before_fit(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
 
     def before_validate(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
 
     def before_test(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
+
+    def _check_given_checkpoint(self) -> None:
+        """Read ``--ckpt_path`` as ``predict`` does before Lightning loads it, so a bad file gets the same refusal.
+
+        Empty, truncated, foreign or unsafe (a pickled Python object) checkpoints raise a
+        :class:`~meteovision.pipeline.checkpoints.metadata.CheckpointError` naming the file and why,
+        which ``run_argv`` prints as one line with exit status 2, instead of torch's traceback.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+        if not isinstance(ckpt, str) or ckpt in ("best", "hpc", "registry"):
+            return  # nothing given, or a name Lightning resolves to a file it wrote itself
+        path = _newest_last_checkpoint(Path(self.trainer.default_root_dir) / "checkpoints") if ckpt == "last" \
+            else Path(ckpt)
+        if path is not None:
+            load_metadata(path)
 
     def _resumed_checkpoint(self) -> Path | None:
         """The checkpoint a ``fit`` resumes from when it lies under this run's ``default_root_dir``."""
