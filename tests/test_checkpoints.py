@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.datamodules import SegmentationDataModule, datamodule_from_config
 from meteovision.datasets.readers import open_series
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.models import build_model
-from meteovision.core.task_kinds import TaskKind
 from meteovision.pipeline.checkpoints.loading import (
     CHECKPOINT_KEY,
     FORMAT_VERSION,
@@ -286,3 +286,54 @@ def test_cli_test_refuses_a_foreign_checkpoint(
     err = capsys.readouterr().err
     assert f"meteovision test: error: {path}: not a meteovision checkpoint (no 'meteovision' metadata)" in err
     assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- bad files, every command alike
+
+
+def bad_checkpoint(trained: Trained, folder: Path, damage: str) -> tuple[Path, str]:
+    """A damaged copy of the trained checkpoint, and the refusal every command must print for it."""
+    path = folder / f"{damage}.ckpt"
+    good = trained.ckpt.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+        return path, f"{path}: empty file (0 bytes), not a checkpoint"
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+        return path, f"{path}: truncated or not a torch checkpoint ("
+    ckpt = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
+    torch.save({**ckpt, "extra": NotATensor()}, path)  # a pickle payload: unpickling it would run code
+    return path, f"{path}: refused, it holds a Python object (tests.test_checkpoints.NotATensor)"
+
+
+DAMAGES = ["empty", "truncated", "pickle_payload"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_raises_a_named_error(trained: Trained, tmp_path: Path, damage: str) -> None:
+    path, message = bad_checkpoint(trained, tmp_path, damage)
+    with pytest.raises(CheckpointError) as info:
+        load_inference_model(path)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["predict", "fit", "test"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_every_command_refuses_a_damaged_checkpoint_alike(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, damage: str
+) -> None:
+    path, message = bad_checkpoint(trained, tmp_path, damage)
+    if command == "predict":
+        radar = sorted((trained.data_dir / "radar").glob("*.h5"))[0]
+        argv = ["predict", "--checkpoint", str(path), "--input", str(radar), "--output", str(tmp_path / "out")]
+    else:
+        argv = [command, "--config", str(CONFIG), "--data.init_args.data_dir", str(trained.data_dir),
+                "--model.init_args.model", "unet", "--model.init_args.model_settings", json.dumps(UNET_SETTINGS),
+                "--ckpt_path", str(path)]
+    with contextlib.chdir(tmp_path):
+        code = main(argv)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"meteovision {command}: error: {message}" in err
+    assert "Traceback" not in err and "UnpicklingError" not in err
+    assert not (tmp_path / "run").exists()  # refused before any run folder was made

@@ -36,7 +36,7 @@ from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.datasets.synthetic.grids import Grid, radar_grid, satellite_grid
 from meteovision.datasets.synthetic.writers import CfVariable, write_cf_netcdf, write_odim_composite
 from meteovision.datasets.torch_datasets import resize_image
-from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_inference_model
+from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, CheckpointMetadata, load_inference_model
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import InputMismatchError, expand_inputs
@@ -128,7 +128,9 @@ def webcam_checkpoint(root: Path) -> Trained:
 def with_meta(src: Path, dst: Path, **changes: Any) -> Path:
     """A copy of checkpoint ``src`` whose meteovision metadata has ``changes`` (weights unchanged)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    ckpt[CHECKPOINT_KEY].update(changes)
+    raw = ckpt[CHECKPOINT_KEY]
+    for key, value in changes.items():  # a network field lives under "network" (format 2)
+        (raw["network"] if key in raw["network"] else raw)[key] = value
     torch.save(ckpt, dst)
     return dst
 
@@ -277,8 +279,8 @@ def test_segmentation_writes_the_models_probability_and_mask_with_nodata(
     assert [p.name for p in written.outputs] == ["meteovision_bow_echo_halfunet_" + f"{time:%Y%m%dT%H%M}Z.nc"]
 
     # the same forward pass by hand: log1p transform, standardise, NaN -> 0, tiled network, sigmoid
-    stats = model.meta["normalization"]
-    z = (np.log1p(np.maximum(rate, 0.0)) - stats["mean"][0]) / stats["std"][0]
+    stats = model.meta.normalization
+    z = (np.log1p(np.maximum(rate, 0.0)) - stats.mean[0]) / stats.std[0]
     z = np.where(np.isnan(z), 0.0, z).astype(np.float32)[None]
     raw = predict_domain(model.net, z, prepare_model(model, settings))[0]
     nodata = np.isnan(rate)
@@ -388,15 +390,15 @@ def test_regression_writes_the_models_rain_rate_in_mm_per_hour(sat: Trained, tmp
     settings = PredictSettings(tmp_path / "out")
     written = only(predict_file(model, src, settings))
     z = np.stack([fields[n] for n in names])
-    stats = model.meta["normalization"]
+    stats = model.meta.normalization
     for c in range(4):
-        assert stats["transforms"][c] == "none"
-        z[c] = (z[c] - stats["mean"][c]) / stats["std"][c]
+        assert stats.transforms[c] == "none"
+        z[c] = (z[c] - stats.mean[c]) / stats.std[c]
     z = np.where(np.isnan(z), 0.0, z).astype(np.float32)
     raw = predict_domain(model.net, z, prepare_model(model, settings))[0]
-    target = model.meta["target_normalization"]
-    assert target["transforms"] == ["log1p"]
-    rain = np.maximum(np.expm1(raw * target["std"][0] + target["mean"][0]), 0.0)
+    target = model.meta.target_normalization
+    assert target.transforms == ("log1p",)
+    rain = np.maximum(np.expm1(raw * target.std[0] + target.mean[0]), 0.0)
     nodata = np.isnan(fields["VIS_006"])
     ds = product(written.outputs[0])
     got = ds["rain_rate"].values[0]
@@ -434,13 +436,13 @@ def test_nowcast_has_lead_times_reference_time_and_the_models_values(
     assert written.unit == f"nowcast {ref:%Y-%m-%dT%H:%M}Z"
     assert [p.name for p in written.inputs] == [p.name for p in _series(nowcast, 1, 3)]
 
-    stats = model.meta["normalization"]
-    assert stats["transforms"] == ["log10_rain"]
+    stats = model.meta.normalization
+    assert stats.transforms == ("log10_rain",)
     stack = np.stack([f["RATE"] for _, f in frames])
     dbr = np.where(stack >= 0.1, 10 * np.log10(np.maximum(stack, 0.1)), -15.0)
-    z = np.where(np.isnan(stack), 0.0, (dbr - stats["mean"][0]) / stats["std"][0]).astype(np.float32)
+    z = np.where(np.isnan(stack), 0.0, (dbr - stats.mean[0]) / stats.std[0]).astype(np.float32)
     raw = predict_domain(model.net, z, prepare_model(model, settings))
-    dbr_out = raw * stats["std"][0] + stats["mean"][0]
+    dbr_out = raw * stats.std[0] + stats.mean[0]
     rain = np.where(dbr_out < -10.0, 0.0, 10.0 ** (dbr_out / 10.0))
     last_nodata = np.isnan(stack[-1])
     expected = np.where(last_nodata[None], np.nan, rain)
@@ -669,8 +671,8 @@ def test_webcam_classification_writes_class_probabilities_per_image(
     first = next(r for r in doc["images"] if r["file"] == images[0].name)
     with open_dataset(images[0]) as ds:
         pixels = resize_image(ds["image"].to_numpy()[0], 32).astype(np.float32)
-    stats = model.meta["normalization"]
-    x = np.stack([(pixels[c] - stats["mean"][c]) / stats["std"][c] for c in range(3)])[None]
+    stats = model.meta.normalization
+    x = np.stack([(pixels[c] - stats.mean[c]) / stats.std[c] for c in range(3)])[None]
     with torch.inference_mode():
         logits = model.net(torch.from_numpy(x.astype(np.float32))).numpy()[0].astype(np.float64)
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -686,12 +688,14 @@ def test_webcam_classification_writes_class_probabilities_per_image(
 # ----------------------------------------------------------------------------- output semantics
 
 
-def _meta(kind: str, variables: list[str], units: list[str], transform: str = "none") -> dict[str, Any]:
+def _meta(kind: str, variables: list[str], units: list[str], transform: str = "none") -> CheckpointMetadata:
+    """Metadata in the flat legacy layout (format 1), parsed as a load would."""
     stats = {"channel_names": variables, "channel_units": units, "transforms": [transform] * len(variables),
              "mean": [0.0] * len(variables), "std": [1.0] * len(variables)}
-    return {"task_kind": kind, "application": "x", "model_name": "halfunet", "out_channels": 2,
-            "input_variables": variables, "target_names": variables, "target_units": units,
-            "num_output_frames": 2 // len(variables), "time_step_minutes": 15, "target_normalization": stats}
+    return CheckpointMetadata.from_dict({
+        "task_kind": kind, "application": "x", "model_name": "halfunet", "in_channels": 2, "out_channels": 2,
+        "input_variables": variables, "target_names": variables, "target_units": units,
+        "num_output_frames": 2 // len(variables), "time_step_minutes": 15, "target_normalization": stats})
 
 
 @pytest.mark.parametrize(
@@ -724,8 +728,9 @@ def test_multiclass_segmentation_writes_class_probabilities_and_the_most_probabl
     from meteovision.pipeline.checkpoints.loading import InferenceModel
     from meteovision.pipeline.inference.outputs import physical_outputs, product_variables, variable_names
 
-    meta = {"task_kind": "segmentation", "application": "echo_type", "out_channels": 3,
-            "target_names": ["echo_type"], "class_names": ["clear", "rain", "clutter"]}
+    meta = CheckpointMetadata.from_dict({"task_kind": "segmentation", "application": "echo_type",
+                                         "model_name": "halfunet", "in_channels": 1, "out_channels": 3,
+                                         "target_names": ["echo_type"], "class_names": ["clear", "rain", "clutter"]})
     model = InferenceModel(torch.nn.Identity(), meta, "0" * 64, Path("x.ckpt"))
     raw = np.zeros((3, 1, 3), np.float32)
     raw[1, 0, 0] = np.log(2.0)  # probabilities (1/4, 1/2, 1/4)

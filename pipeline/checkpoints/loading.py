@@ -76,7 +76,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: refused, {_unsafe_reason(err)}") from err
-    except Exception as err:  # noqa: BLE001 - arbitrary bytes make torch's unpickler raise any type; wrapped, not hidden
+    except Exception as err:
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({reason})") from err
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
