@@ -46,6 +46,7 @@ from meteovision.pipeline.inference.predict import (
     PredictError,
     PredictReport,
     PredictSettings,
+    Status,
     predict_file,
     predict_files,
     predict_sequence,
@@ -199,10 +200,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def test_exit_codes_follow_the_outcomes() -> None:
-    ok = Outcome("a", "written")
-    skipped = Outcome("b", "skipped")
-    broken = Outcome("c", "failed", reason="corrupt", error=OSError("corrupt"))
-    refused = Outcome("d", "failed", reason="units", error=InputMismatchError("d.h5", "units"))
+    ok = Outcome("a", Status.WRITTEN)
+    skipped = Outcome("b", Status.SKIPPED)
+    broken = Outcome("c", Status.FAILED, reason="corrupt", error=OSError("corrupt"))
+    refused = Outcome("d", Status.FAILED, reason="units", error=InputMismatchError("d.h5", "units"))
     assert PredictReport().exit_code == ExitCode.NOTHING_TO_DO == 3
     assert PredictReport((ok, skipped)).exit_code == ExitCode.OK == 0
     assert PredictReport((skipped, skipped)).exit_code == ExitCode.NOTHING_TO_DO
@@ -214,6 +215,9 @@ def test_exit_codes_follow_the_outcomes() -> None:
     with pytest.raises(InputMismatchError, match=r"d\.h5: units"):
         PredictReport((ok, refused)).raise_for_failures()
     assert PredictReport((ok, broken)).summary().startswith("1 written, 0 skipped (output exists), 1 failed")
+    assert Outcome("e", "failed").status is Status.FAILED  # a plain value is turned into the enum
+    with pytest.raises(ValueError, match="'done' is not a valid Status"):
+        Outcome("f", "done")  # type: ignore[arg-type]
 
 
 def test_expand_inputs_takes_files_folders_and_globs(tmp_path: Path) -> None:

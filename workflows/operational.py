@@ -38,7 +38,7 @@ from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
 from meteovision.workflows.discovery import FileInspector, WorkUnit, discover, iso, sha256_file
-from meteovision.workflows.ledger import Claim, Ledger, LedgerError
+from meteovision.workflows.ledger import Claim, Ledger, LedgerError, UnitState
 from meteovision.workflows.logs import FIELDS
 from meteovision.workflows.operational_config import OperationalConfig, OperationalConfigError
 
@@ -368,10 +368,10 @@ class _Runner:
                 log.info("%s done: %s", unit.label, ", ".join(p.name for p in outputs))
             return
         state = self.ledger.fail(unit.key, problem, retry.max_attempts, retry.backoff_seconds)
-        if state == "quarantined":
+        if state is UnitState.QUARANTINED:
             self.counts.quarantined += 1
             self._set_aside(unit, problem, row.attempts)
-        elif state == "failed":
+        elif state is UnitState.FAILED:
             self.counts.failed += 1
             log.error(
                 "%s failed (attempt %d of %d): %s", unit.label, row.attempts, retry.max_attempts, problem

@@ -149,6 +149,9 @@ class Outcome:
     reason: str = ""
     error: Exception | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))  # a plain "failed" from a caller is checked too
+
     @classmethod
     def failure(cls, unit: str, error: Exception, inputs: Sequence[Path] = ()) -> Outcome:
         log.error("%s failed: %s", unit, error)
