@@ -39,7 +39,7 @@ from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.cli import PRECISION_HELP
 from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
-from meteovision.pipeline.inference.predict import PRECISIONS
+from meteovision.pipeline.inference.predict import PRECISIONS, Status
 
 if TYPE_CHECKING:
     from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel
@@ -128,23 +128,23 @@ class BatchSummary:
     world_size: int
     records: tuple[dict[str, Any], ...]
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.records for o in r["outcomes"] if o["status"] == status)
 
     @property
     def exit_code(self) -> ExitCode:
         """As ``meteovision predict``: 0 all written, 1 some failed, 3 nothing written nor failed."""
-        if self.count("failed"):
+        if self.count(Status.FAILED):
             return ExitCode.PARTIAL_FAILURE
-        return ExitCode.OK if self.count("written") else ExitCode.NOTHING_TO_DO
+        return ExitCode.OK if self.count(Status.WRITTEN) else ExitCode.NOTHING_TO_DO
 
     def line(self) -> str:
         per_rank = {rank: sum(1 for r in self.records if r["rank"] == rank) for rank in range(self.world_size)}
         code = self.exit_code
         return (f"batch-predict: {len(self.records)} input(s) on {self.world_size} rank(s) "
                 f"({', '.join(f'rank {k}: {v}' for k, v in per_rank.items())}); "
-                f"{self.count('written')} written, {self.count('skipped')} skipped (output exists), "
-                f"{self.count('failed')} failed; exit code {int(code)} ({code.description})")
+                f"{self.count(Status.WRITTEN)} written, {self.count(Status.SKIPPED)} skipped (output exists), "
+                f"{self.count(Status.FAILED)} failed; exit code {int(code)} ({code.description})")
 
 
 def read_records(run_dir: Path, inputs: Sequence[Path]) -> tuple[dict[str, Any], ...]:
@@ -287,8 +287,8 @@ def run_batch(
     run_dir = stage.run_dir
     summary = BatchSummary(run_dir, trainer.world_size, read_records(run_dir, files))
     doc = {"checkpoint": str(checkpoint), "world_size": summary.world_size, "inputs": len(files),
-           "written": summary.count("written"), "skipped": summary.count("skipped"),
-           "failed": summary.count("failed"), "exit_code": int(summary.exit_code)}
+           "written": summary.count(Status.WRITTEN), "skipped": summary.count(Status.SKIPPED),
+           "failed": summary.count(Status.FAILED), "exit_code": int(summary.exit_code)}
     tmp = run_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, run_dir / "summary.json")
@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     for record in summary.records:
         for outcome in record["outcomes"]:
-            if outcome["status"] == "failed":
+            if outcome["status"] == Status.FAILED:
                 print(f"FAILED {outcome['unit']} (rank {record['rank']}): {outcome['reason']}")
     print(summary.line())
     print(f"records: {summary.run_dir}")
