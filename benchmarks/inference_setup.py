@@ -139,7 +139,7 @@ def make_checkpoint(path: Path, kind: InputKind, seed: int) -> Path:
                             in_channels=1, out_channels=1, baseline=None)
     meta = checkpoint_metadata(task, BenchData(kind))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta}, path)
+    torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta.to_dict()}, path)
     return path
 
 
@@ -213,7 +213,7 @@ class Mode:
 
     def tiling(self, model: InferenceModel, size: int) -> TilingSettings:
         """The tiler settings ``predict`` runs this mode with (one exact tile for the whole frame)."""
-        div = int(model.meta.get("divisibility") or 1)
+        div = model.meta.network.divisibility
         autocast = torch.bfloat16 if self.bf16 else None
         if self.tile_size is None:
             return TilingSettings.for_model(div, tile_size=-(-size // div) * div, overlap=0, batch_size=1,

@@ -174,7 +174,7 @@ def make_checkpoint(path: Path, arch: Architecture, seed: int) -> Path:
                        time_step_minutes=arch.time_step_minutes, nowcast_head=arch.nowcast_head)
     meta = checkpoint_metadata(task, BenchData(arch))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta}, path)
+    torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta.to_dict()}, path)
     return path
 
 

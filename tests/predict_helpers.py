@@ -118,7 +118,9 @@ def webcam_checkpoint(root: Path) -> Trained:
 def with_meta(src: Path, dst: Path, **changes: Any) -> Path:
     """A copy of checkpoint ``src`` whose meteovision metadata has ``changes`` (weights unchanged)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    ckpt[CHECKPOINT_KEY].update(changes)
+    raw = ckpt[CHECKPOINT_KEY]
+    for key, value in changes.items():  # a network field lives under "network" (format 2)
+        (raw["network"] if key in raw["network"] else raw)[key] = value
     torch.save(ckpt, dst)
     return dst
 

@@ -62,11 +62,12 @@ def test_checkpoint_modes_and_naive_baseline(bench: ModuleType, tmp_path: Path) 
     checkpoint = bench.make_checkpoint(tmp_path / "rate.ckpt", bench.RATE_INPUT, seed=0)
     models = bench.load_models(checkpoint, SIZE, tmp_path)
     meta = models.prepared.meta
-    assert (meta["model_name"], meta["in_channels"], meta["out_channels"]) == ("unet", 1, 1)
-    assert meta["model_settings"] == bench.MODEL_SETTINGS
-    assert meta["input_variables"] == ["RATE"] and meta["channel_units"] == ["mm h-1"]
-    assert meta["normalization"]["transforms"] == ["log1p"] and meta["divisibility"] == 16
-    assert meta["grid_spacing_m"] == 1000.0 and meta["data_description"]["trained"] is False
+    assert (meta.model_name, meta.in_channels, meta.out_channels) == ("unet", 1, 1)
+    assert meta.network.model_settings == bench.MODEL_SETTINGS
+    assert meta.input_variables == ("RATE",) and meta.channel_units == ("mm h-1",)
+    assert meta.normalization is not None and meta.normalization.transforms == ("log1p",)
+    assert meta.network.divisibility == 16
+    assert meta.grid_spacing_m == 1000.0 and meta.data_description["trained"] is False
     # predict's network is channels-last; the naive baseline's is the checkpoint as loaded (NCHW)
     conv, plain_conv = (next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
                         for model in (models.prepared, models.plain))

@@ -36,13 +36,13 @@ def test_checkpoint_is_the_configured_network(bench: ModuleType, tmp_path: Path)
     arch = bench.Architecture.from_config()
     model = load_inference_model(bench.make_checkpoint(tmp_path / "nowcast.ckpt", arch, seed=0))
     meta = model.meta
-    assert (meta["model_name"], meta["model_settings"]) == (model_args["model"], model_args["model_settings"])
-    assert meta["nowcast_head"] == model_args["nowcast_head"] and isinstance(model.net, AdvectionNowcast)
-    assert (meta["in_channels"], meta["out_channels"]) == (data_args["num_input_frames"],
-                                                          data_args["num_output_frames"])
-    assert meta["task_kind"] == "nowcast" and meta["input_variables"] == ["RATE"]
-    assert meta["target_normalization"] == meta["normalization"]  # outputs come back in mm h-1
-    assert meta["data_description"]["trained"] is False
+    assert (meta.model_name, meta.network.model_settings) == (model_args["model"], model_args["model_settings"])
+    assert meta.network.nowcast_head == model_args["nowcast_head"] and isinstance(model.net, AdvectionNowcast)
+    assert (meta.in_channels, meta.out_channels) == (data_args["num_input_frames"],
+                                                     data_args["num_output_frames"])
+    assert meta.task_kind == "nowcast" and meta.input_variables == ("RATE",)
+    assert meta.target_normalization == meta.normalization  # outputs come back in mm h-1
+    assert meta.data_description["trained"] is False
 
 
 def test_benchmark_runs_and_reports(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

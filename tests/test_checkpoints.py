@@ -22,16 +22,21 @@ import pytest
 import torch
 import yaml
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.datamodules import SegmentationDataModule, datamodule_from_config
 from meteovision.datasets.readers import open_series
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.models import build_model
 from meteovision.pipeline.checkpoints.loading import (
     CHECKPOINT_KEY,
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointMetadata,
     CheckpointMismatchError,
     check_data_matches,
     load_checkpoint,
     load_inference_model,
+    load_metadata,
 )
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.training.cli import RUN_KEY, MeteoCLI, build_cli
@@ -91,34 +96,45 @@ class NotATensor:
 
 def test_checkpoint_loads_weights_only_and_describes_the_run(trained: Trained) -> None:
     ckpt = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
-    meta = ckpt[CHECKPOINT_KEY]
-    assert meta["format_version"] == 1
-    assert meta["application"] == "bow_echo"
-    assert meta["task"] == "SegmentationTask" and meta["task_kind"] == "segmentation"
-    assert meta["model_name"] == "unet"
-    assert meta["model_settings"] == UNET_SETTINGS
-    assert (meta["in_channels"], meta["out_channels"]) == (1, 1)
-    assert meta["divisibility"] == 8  # three encoder levels
-    assert meta["channel_names"] == ["RATE"] and meta["channel_units"] == ["mm h-1"]
-    assert meta["input_variables"] == ["RATE"]
-    assert meta["target_names"] == ["bow_echo_mask"] and meta["target_units"] == ["1"]
-    assert meta["class_names"] is None and meta["target_normalization"] is None
-    assert meta["patch_size"] == 32
-    versions = meta["versions"]
+    raw = ckpt[CHECKPOINT_KEY]
+    assert raw["format_version"] == FORMAT_VERSION == 2 and raw["network"]["model_name"] == "unet"
+    meta = CheckpointMetadata.from_checkpoint_dict(ckpt)
+    assert meta.format_version == 2
+    assert meta.application == "bow_echo"
+    assert meta.task == "SegmentationTask" and meta.task_kind is TaskKind.SEGMENTATION
+    assert meta.model_name == "unet"
+    assert meta.network.model_settings == UNET_SETTINGS
+    assert (meta.in_channels, meta.out_channels) == (1, 1)
+    assert meta.network.divisibility == 8  # three encoder levels
+    assert meta.channel_names == ("RATE",) and meta.channel_units == ("mm h-1",)
+    assert meta.input_variables == ("RATE",)
+    assert meta.target_names == ("bow_echo_mask",) and meta.target_units == ("1",)
+    assert meta.class_names == () and meta.target_normalization is None
+    assert meta.patch_size == 32 and meta.image_size is None
+    assert meta.num_lead_times == 1
+    versions = meta.versions
     assert versions["torch"] == metadata.version("torch") and versions["lightning"] == lightning.__version__
     assert versions["meteovision"] not in ("", "not installed")
     assert ckpt[RUN_KEY] == {"log_version": 0}
     # the datamodule's own state carries the same statistics
-    assert ckpt["SegmentationDataModule"]["normalization"] == meta["normalization"]
+    assert meta.normalization is not None
+    assert ckpt["SegmentationDataModule"]["normalization"] == meta.normalization.to_dict()
+
+
+def test_metadata_round_trips_through_its_disk_layout(trained: Trained) -> None:
+    meta = load_metadata(trained.ckpt)
+    again = CheckpointMetadata.from_dict(meta.to_dict())
+    assert again == meta and again.data_description == meta.data_description
 
 
 def test_checkpoint_normalisation_is_that_of_the_training_frames(trained: Trained) -> None:
     """log1p(RATE) mean and std over the 24 training frames, recomputed from the radar files."""
-    meta = load_checkpoint(trained.ckpt)[CHECKPOINT_KEY]
-    norm = meta["normalization"]
+    meta = load_metadata(trained.ckpt)
+    assert meta.normalization is not None
+    norm = meta.normalization.to_dict()
     assert norm["channel_names"] == ["RATE"] and norm["channel_units"] == ["mm h-1"]
     assert norm["transforms"] == ["log1p"]
-    train = meta["data_description"]["splits"]["train"]
+    train = meta.data_description["splits"]["train"]
     series = open_series(sorted((trained.data_dir / "radar").glob("*.h5")))
     rate = series["RATE"].sel(time=slice(train["start"].rstrip("Z"), train["end"].rstrip("Z"))).values
     assert rate.shape == (24, 32, 32) and not np.isnan(rate).any()
@@ -129,8 +145,7 @@ def test_checkpoint_normalisation_is_that_of_the_training_frames(trained: Traine
 
 
 def test_checkpoint_data_description_has_the_split_time_ranges(trained: Trained) -> None:
-    meta = load_checkpoint(trained.ckpt)[CHECKPOINT_KEY]
-    described = meta["data_description"]
+    described = load_metadata(trained.ckpt).data_description
     manifest = json.loads((trained.data_dir / "manifest.json").read_text())
     events = manifest["events"]  # 5 events; chronological split by event: 3 train, 1 val, 1 test
     assert described["app"] == "bow_echo" and described["data_dir"] == str(trained.data_dir)
@@ -152,7 +167,7 @@ def test_load_inference_model_gives_the_trained_networks_outputs(trained: Traine
     assert model.sha256 == hashlib.sha256(trained.ckpt.read_bytes()).hexdigest()
     assert not model.net.training
     stats = model.input_stats()
-    assert stats is not None and stats.to_dict() == model.meta["normalization"]
+    assert stats is not None and stats == model.meta.normalization
     assert model.target_stats() is None
 
     dm = trained.cli.datamodule
@@ -173,7 +188,7 @@ def test_load_inference_model_gives_the_trained_networks_outputs(trained: Traine
 
 def test_weights_that_do_not_fit_the_recorded_model_are_refused(trained: Trained, tmp_path: Path) -> None:
     ckpt = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
-    ckpt[CHECKPOINT_KEY]["model_settings"] = {**UNET_SETTINGS, "decoder_channels": [32, 16, 8]}
+    ckpt[CHECKPOINT_KEY]["network"]["model_settings"] = {**UNET_SETTINGS, "decoder_channels": [32, 16, 8]}
     path = tmp_path / "edited.ckpt"
     torch.save(ckpt, path)
     with pytest.raises(CheckpointMismatchError, match=r"edited\.ckpt: weights do not fit model 'unet'"):
@@ -184,12 +199,12 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(trained: Trained
 
 
 def test_same_data_is_accepted(trained: Trained) -> None:
-    meta = load_checkpoint(trained.ckpt)[CHECKPOINT_KEY]
+    meta = load_metadata(trained.ckpt)
     check_data_matches(meta, datamodule_from_config(data_config(trained.data_dir)))
 
 
 def test_other_normalisation_is_refused(trained: Trained) -> None:
-    meta = load_checkpoint(trained.ckpt)[CHECKPOINT_KEY]
+    meta = load_metadata(trained.ckpt)
     other = datamodule_from_config(data_config(trained.data_dir, transforms={"RATE": "none"}))
     assert isinstance(other, SegmentationDataModule)
     with pytest.raises(CheckpointMismatchError, match="normalisation statistics differ"):
@@ -197,7 +212,7 @@ def test_other_normalisation_is_refused(trained: Trained) -> None:
 
 
 def test_other_channels_and_units_are_refused_and_named(trained: Trained) -> None:
-    meta = load_checkpoint(trained.ckpt)[CHECKPOINT_KEY]
+    meta = load_metadata(trained.ckpt)
     radar_dbz = SimpleNamespace(channel_names=["DBZH"], channel_units=["dBZ"], normalization=None)
     with pytest.raises(CheckpointMismatchError) as info:
         check_data_matches(meta, radar_dbz)
@@ -228,14 +243,14 @@ def test_cli_test_refuses_a_checkpoint_on_other_normalisation(
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointMismatchError, match=r"nothere\.ckpt: no such checkpoint file"):
+    with pytest.raises(CheckpointError, match=r"nothere\.ckpt: no such checkpoint file"):
         load_inference_model(tmp_path / "nothere.ckpt")
 
 
 def test_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"net.weight": torch.zeros(2)}, "epoch": 0}, path)
-    with pytest.raises(CheckpointMismatchError, match=r"foreign\.ckpt: not a meteovision checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.ckpt: not a meteovision checkpoint"):
         load_inference_model(path)
 
 
@@ -244,14 +259,15 @@ def test_corrupt_file_is_refused(trained: Trained, tmp_path: Path, damage: str) 
     path = tmp_path / f"{damage}.ckpt"
     good = trained.ckpt.read_bytes()
     path.write_bytes(b"this is no checkpoint" * 10 if damage == "garbage" else good[: len(good) // 2])
-    with pytest.raises(CheckpointMismatchError, match=rf"{damage}\.ckpt: cannot be loaded safely"):
+    with pytest.raises(CheckpointError, match=rf"{damage}\.ckpt: truncated or not a torch checkpoint \(."):
         load_checkpoint(path)
 
 
 def test_pickled_objects_are_not_unpickled(tmp_path: Path) -> None:
     path = tmp_path / "objects.ckpt"
     torch.save({CHECKPOINT_KEY: {"application": "bow_echo"}, "extra": NotATensor()}, path)
-    with pytest.raises(CheckpointMismatchError, match=r"cannot be loaded safely \(weights_only=True\)"):
+    with pytest.raises(CheckpointError, match=r"objects\.ckpt: refused, it holds a Python object "
+                       r"\(tests\.test_checkpoints\.NotATensor\) that safe loading \(weights_only=True\)"):
         load_checkpoint(path)
 
 
@@ -267,4 +283,57 @@ def test_cli_test_refuses_a_foreign_checkpoint(
                      "--model.init_args.model", "unet",
                      "--model.init_args.model_settings", json.dumps(UNET_SETTINGS), "--ckpt_path", str(path)])
     assert code == 2
-    assert "not written by meteovision" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"meteovision test: error: {path}: not a meteovision checkpoint (no 'meteovision' metadata)" in err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- bad files, every command alike
+
+
+def bad_checkpoint(trained: Trained, folder: Path, damage: str) -> tuple[Path, str]:
+    """A damaged copy of the trained checkpoint, and the refusal every command must print for it."""
+    path = folder / f"{damage}.ckpt"
+    good = trained.ckpt.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+        return path, f"{path}: empty file (0 bytes), not a checkpoint"
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+        return path, f"{path}: truncated or not a torch checkpoint ("
+    ckpt = torch.load(trained.ckpt, map_location="cpu", weights_only=True)
+    torch.save({**ckpt, "extra": NotATensor()}, path)  # a pickle payload: unpickling it would run code
+    return path, f"{path}: refused, it holds a Python object (tests.test_checkpoints.NotATensor)"
+
+
+DAMAGES = ["empty", "truncated", "pickle_payload"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_raises_a_named_error(trained: Trained, tmp_path: Path, damage: str) -> None:
+    path, message = bad_checkpoint(trained, tmp_path, damage)
+    with pytest.raises(CheckpointError) as info:
+        load_inference_model(path)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["predict", "fit", "test"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_every_command_refuses_a_damaged_checkpoint_alike(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, damage: str
+) -> None:
+    path, message = bad_checkpoint(trained, tmp_path, damage)
+    if command == "predict":
+        radar = sorted((trained.data_dir / "radar").glob("*.h5"))[0]
+        argv = ["predict", "--checkpoint", str(path), "--input", str(radar), "--output", str(tmp_path / "out")]
+    else:
+        argv = [command, "--config", str(CONFIG), "--data.init_args.data_dir", str(trained.data_dir),
+                "--model.init_args.model", "unet", "--model.init_args.model_settings", json.dumps(UNET_SETTINGS),
+                "--ckpt_path", str(path)]
+    with contextlib.chdir(tmp_path):
+        code = main(argv)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"meteovision {command}: error: {message}" in err
+    assert "Traceback" not in err and "UnpicklingError" not in err
+    assert not (tmp_path / "run").exists()  # refused before any run folder was made

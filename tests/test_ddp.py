@@ -96,7 +96,7 @@ def test_ddp_fit_shares_batches_and_reduces_validation_scores(ddp_fit: DdpFit) -
     # one process alone would take 6 optimiser steps for the epoch; two share the batches
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 3
     model = load_inference_model(ckpt_path)  # rank 0 wrote the whole checkpoint, metadata included
-    assert model.meta["channel_names"] == ["RATE"] and model.meta["in_channels"] == 1
+    assert model.meta.channel_names == ("RATE",) and model.meta.in_channels == 1
 
     logs = run / "logs"
     assert sorted(p.name for p in logs.iterdir()) == ["version_0"]  # the second process created no folder

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from meteovision.models import build_model
-from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256, load_inference_model
+from meteovision.pipeline.checkpoints.loading import (
+    CheckpointMetadata,
+    InferenceModel,
+    file_sha256,
+    load_inference_model,
+)
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.export import ExportError, export_model, sidecar_path
@@ -45,22 +50,24 @@ def test_onnx_export_matches_torch_on_a_new_non_square_shape(
     assert main(["export", "--checkpoint", str(trained.checkpoint), "--format", "onnx",
                  "--output", str(path)]) == ExitCode.OK
     model = load_inference_model(trained.checkpoint)
-    c = int(model.meta["in_channels"])
+    c = model.meta.in_channels
     x = np.random.default_rng(3).normal(size=(2, c, 45, 70)).astype(np.float32)  # odd, non-square, unseen
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"inputs": x})[0]
     expected = _torch_output(trained.checkpoint, x)
-    assert got.shape == expected.shape == (2, int(model.meta["out_channels"]), 45, 70)
+    assert got.shape == expected.shape == (2, model.meta.out_channels, 45, 70)
     assert float(np.abs(got - expected).max()) < 1e-4
 
     side = json.loads(sidecar_path(path).read_text())
     assert sidecar_path(path).name == "model.onnx.json"
     assert side["sha256"] == file_sha256(path) and side["checkpoint_sha256"] == model.sha256
-    assert side["input"]["channel_names"] == model.meta["channel_names"]
-    assert side["input"]["channel_units"] == model.meta["channel_units"]
-    assert side["input"]["normalization"] == model.meta["normalization"]
+    assert side["input"]["channel_names"] == list(model.meta.channel_names)
+    assert side["input"]["channel_units"] == list(model.meta.channel_units)
+    assert model.meta.normalization is not None
+    assert side["input"]["normalization"] == model.meta.normalization.to_dict()
     assert side["input"]["dynamic_axes"] == {"0": "batch", "2": "height", "3": "width"}
-    assert side["output"]["target_normalization"] == model.meta["target_normalization"]
+    target = model.meta.target_normalization
+    assert side["output"]["target_normalization"] == (target.to_dict() if target is not None else None)
     assert side["opset"] == 17 and side["parity"]["max_abs_diff"] < 1e-4
     assert side["parity"]["input_shape"][2] != side["parity"]["input_shape"][3]
 
@@ -85,8 +92,9 @@ def test_torchscript_export_matches_torch_on_a_new_non_square_shape(bow: Trained
 
 def test_a_model_whose_spec_forbids_onnx_is_refused(tmp_path: Path) -> None:
     net = build_model("vgg11", 3, 3, hidden_features=32).eval()
-    meta = {"application": "webcam_snow", "model_name": "vgg11", "model_settings": {"hidden_features": 32},
-            "in_channels": 3, "out_channels": 3, "task_kind": "classification", "divisibility": None}
+    meta = CheckpointMetadata.from_dict({"application": "webcam_snow", "model_name": "vgg11",
+                                         "model_settings": {"hidden_features": 32}, "in_channels": 3,
+                                         "out_channels": 3, "task_kind": "classification", "divisibility": None})
     model = InferenceModel(net, meta, "0" * 64, tmp_path / "vgg.ckpt")
     with pytest.raises(ExportError, match=r"'vgg11' cannot be exported to ONNX .* use --format torchscript"):
         export_model(model, "onnx", tmp_path / "vgg.onnx")

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from meteovision.core.task_kinds import TaskKind
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata, NetworkMetadata
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast, LastFrameResidual, build_network
 from meteovision.pipeline.verification.baselines import bow_echo_rule, get_baseline, gpi, persistence, texture_filter
 
@@ -20,6 +22,13 @@ class _Zero(nn.Module):
         return torch.zeros(x.shape[0], self.out_channels, *x.shape[2:])
 
 
+
+def _meta(out_channels: int = 1, channel_names: list[str] | None = None) -> CheckpointMetadata:
+    """The metadata a baseline reads (channel names, output count), for a network never trained."""
+    names = tuple(channel_names or ())
+    return CheckpointMetadata("x", TaskKind.SEGMENTATION, NetworkMetadata("halfunet", max(len(names), 1), out_channels),
+                              channel_names=names)
+
 def test_untrained_residual_nowcast_is_exactly_persistence() -> None:
     x = torch.arange(2 * 6 * 3 * 4, dtype=torch.float32).reshape(2, 6, 3, 4)  # 3 frames x 2 variables
     net = LastFrameResidual(_Zero(8), variables_per_frame=2, lead_times=4)
@@ -32,15 +41,15 @@ def test_untrained_residual_nowcast_is_exactly_persistence() -> None:
 def test_build_network_wraps_only_when_asked_and_keeps_shapes() -> None:
     meta = {"model_name": "halfunet", "in_channels": 4, "out_channels": 6,
             "model_settings": {"num_filters": 4, "depth": 2}, "nowcast_head": "residual", "variables_per_frame": 1}
-    net = build_network(meta)
+    net = build_network(NetworkMetadata(**meta))
     assert isinstance(net, LastFrameResidual)
     assert net(torch.zeros(1, 4, 21, 19)).shape == (1, 6, 21, 19)
-    assert not isinstance(build_network({**meta, "nowcast_head": "direct"}), LastFrameResidual)
-    advection = build_network({**meta, "nowcast_head": "advection"})
+    assert not isinstance(build_network(NetworkMetadata(**{**meta, "nowcast_head": "direct"})), LastFrameResidual)
+    advection = build_network(NetworkMetadata(**{**meta, "nowcast_head": "advection"}))
     assert isinstance(advection, AdvectionNowcast)
     assert advection(torch.zeros(1, 4, 21, 19)).shape == (1, 6, 21, 19)
     with pytest.raises(ValueError, match="advection"):
-        build_network({**meta, "nowcast_head": "warp"})
+        build_network(NetworkMetadata(**{**meta, "nowcast_head": "warp"}))
 
 
 class _ConstantFlow(nn.Module):
@@ -77,8 +86,8 @@ def test_advection_head_moves_the_last_frame_k_steps_along_the_motion() -> None:
 def test_motion_bound_comes_from_the_checkpoint_and_old_checkpoints_keep_6_px() -> None:
     meta = {"model_name": "halfunet", "in_channels": 4, "out_channels": 3,
             "model_settings": {"num_filters": 4, "depth": 2}, "nowcast_head": "lagrangian", "variables_per_frame": 1}
-    old = build_network(meta)  # written before max_speed was recorded
-    fast = build_network({**meta, "max_speed": 12.0})
+    old = build_network(NetworkMetadata(**meta))  # written before max_speed was recorded
+    fast = build_network(NetworkMetadata(**{**meta, "max_speed": 12.0}))
     assert isinstance(old, AdvectionNowcast) and isinstance(fast, AdvectionNowcast)
     assert (old.max_speed, fast.max_speed) == (6.0, 12.0)
     with torch.no_grad():  # saturate the backbone's motion channels: the flow reaches the bound and no further
@@ -89,18 +98,18 @@ def test_motion_bound_comes_from_the_checkpoint_and_old_checkpoints_keep_6_px() 
     assert torch.allclose(old.motion(x)[0], torch.full((1, 2, 32, 32), 6.0))
     assert torch.allclose(fast.motion(x)[0], torch.full((1, 2, 32, 32), 12.0))
     with pytest.raises(ValueError, match="max_speed"):
-        build_network({**meta, "max_speed": -1.0})
+        build_network(NetworkMetadata(**{**meta, "max_speed": -1.0}))
 
 
 def test_persistence_repeats_last_frame() -> None:
     x = torch.rand(1, 3, 5, 5)
-    out = persistence(x, {"out_channels": 2})
+    out = persistence(x, _meta(out_channels=2))
     torch.testing.assert_close(out, x[:, 2:3].repeat(1, 2, 1, 1))
 
 
 def test_gpi_is_3_mm_below_235_k() -> None:
     ir = torch.tensor([[[[230.0, 235.0], [240.0, 200.0]]]])
-    out = gpi(torch.cat([ir, ir + 1.0], dim=1), {"channel_names": ["IR_108", "IR_120"]})
+    out = gpi(torch.cat([ir, ir + 1.0], dim=1), _meta(channel_names=["IR_108", "IR_120"]))
     assert out.squeeze().tolist() == [[3.0, 0.0], [0.0, 3.0]]
 
 
@@ -111,7 +120,7 @@ def test_bow_rule_keeps_an_intense_arc_and_drops_a_straight_line_of_equal_intens
     for col in range(10, 54):  # arc bulging downwards by 10 px at its centre
         row = round(40 + 10 * (1 - ((col - 32) / 22.0) ** 2))
         field[row : row + 2, col] = 40.0
-    out = bow_echo_rule(torch.from_numpy(field)[None, None], {"channel_names": ["RATE"]}).squeeze().numpy()
+    out = bow_echo_rule(torch.from_numpy(field)[None, None], _meta(channel_names=["RATE"])).squeeze().numpy()
     assert out[8:10].sum() == 0, "a straight line is not a bow"
     assert out[40:53].sum() > 0.8 * (field[40:53] > 0).sum(), "the arc is a bow"
 
@@ -123,7 +132,7 @@ def test_texture_filter_flags_rough_clutter_and_speckle_but_keeps_smooth_rain() 
     z[(yy - 12) ** 2 + (xx - 12) ** 2 < 64] = 30.0 + 0.3 * (yy - 12)[(yy - 12) ** 2 + (xx - 12) ** 2 < 64]
     z[28:36, 26:34] = rng.choice([10.0, 55.0], size=(8, 8))  # ground clutter: +-22 dB from pixel to pixel
     z[2, 37] = 40.0  # speckle
-    out = texture_filter(torch.from_numpy(z)[None, None].float(), {"channel_names": ["TH"]}).squeeze().numpy()
+    out = texture_filter(torch.from_numpy(z)[None, None].float(), _meta(channel_names=["TH"])).squeeze().numpy()
     rain = (yy - 12) ** 2 + (xx - 12) ** 2 < 49
     assert out[rain].mean() < 0.05, "smooth rain (also at its edge) is kept"
     assert out[28:36, 26:34].mean() > 0.8
@@ -141,5 +150,5 @@ def test_wrapped_registry_backbone_starts_as_persistence() -> None:
                                "encoder_output_stride": 8}}
     x = torch.randn(2, 3, 32, 40)
     for head in ("advection", "residual"):
-        net = build_network({**meta, "nowcast_head": head}).eval()
+        net = build_network(NetworkMetadata(**{**meta, "nowcast_head": head})).eval()
         torch.testing.assert_close(net(x), x[:, 2:3].repeat(1, 4, 1, 1), atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@ lead, and the source mask must cut exactly the band that rain enters from outsid
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY
+from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, CheckpointMetadata
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast, build_network
 from meteovision.pipeline.inference.predict import infer_field
 from meteovision.pipeline.verification.nowcast_methods import (
@@ -278,15 +279,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("nowcast_methods")
     trained = nowcast_checkpoint(root).checkpoint
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)
-    meta = ckpt[CHECKPOINT_KEY]
-    assert meta["nowcast_head"] == "lagrangian"
+    meta = CheckpointMetadata.from_checkpoint_dict(ckpt)
+    assert meta.network.nowcast_head == "lagrangian"
     out = {"trained": trained}
     for name, head in (("untrained", "lagrangian"), ("direct", "direct")):
         torch.manual_seed(0)
-        net = build_network({**meta, "nowcast_head": head})
+        other = dataclasses.replace(meta, network=dataclasses.replace(meta.network, nowcast_head=head))
+        net = build_network(other.network)
         state = {f"net.{k}": v for k, v in net.state_dict().items()}
         path = root / f"{name}.ckpt"
-        torch.save({**ckpt, "state_dict": state, CHECKPOINT_KEY: {**meta, "nowcast_head": head}}, path)
+        torch.save({**ckpt, "state_dict": state, CHECKPOINT_KEY: other.to_dict()}, path)
         out[name] = path
     return out
 

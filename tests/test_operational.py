@@ -29,7 +29,7 @@ from meteovision.workflows.discovery import (
     discover,
     time_from_name,
 )
-from meteovision.workflows.ledger import Claim, Ledger, backoff_delay, pid_alive
+from meteovision.workflows.ledger import Claim, Ledger, UnitState, backoff_delay, pid_alive
 from meteovision.workflows.operational_config import (
     OperationalConfigError,
     load_config,
@@ -256,6 +256,7 @@ def test_ledger_claims_leases_and_dead_processes(tmp_path: Path) -> None:
 
         status, row = ledger.claim(units[0].key, max_attempts=3)
         assert status is Claim.CLAIMED and row is not None and (row.state, row.attempts) == ("claimed", 1)
+        assert row.state is UnitState.CLAIMED and [r.unit_id for r in ledger.units(UnitState.CLAIMED)] == [row.unit_id]
         assert ledger.claim(units[0].key, 3)[0] is Claim.BUSY  # our own claim, alive, lease running
 
         # a claim by a process of this host that is gone (reaped) is taken over at once
@@ -307,7 +308,7 @@ def test_ledger_claims_leases_and_dead_processes(tmp_path: Path) -> None:
         db.commit()
         db.close()
         status, row = ledger.claim(units[3].key, 3)
-        assert status is Claim.QUARANTINED and row is not None and row.state == "quarantined"
+        assert status is Claim.QUARANTINED and row is not None and row.state is UnitState.QUARANTINED
         assert row.last_error is not None and "abandoned by" in row.last_error
 
         # release gives an attempt back

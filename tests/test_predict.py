@@ -26,6 +26,7 @@ from meteovision.pipeline.inference.predict import (
     PredictError,
     PredictReport,
     PredictSettings,
+    Status,
     predict_file,
     prepare_model,
 )
@@ -52,10 +53,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_exit_codes_follow_the_outcomes() -> None:
-    ok = Outcome("a", "written")
-    skipped = Outcome("b", "skipped")
-    broken = Outcome("c", "failed", reason="corrupt", error=OSError("corrupt"))
-    refused = Outcome("d", "failed", reason="units", error=InputMismatchError("d.h5", "units"))
+    ok = Outcome("a", Status.WRITTEN)
+    skipped = Outcome("b", Status.SKIPPED)
+    broken = Outcome("c", Status.FAILED, reason="corrupt", error=OSError("corrupt"))
+    refused = Outcome("d", Status.FAILED, reason="units", error=InputMismatchError("d.h5", "units"))
     assert PredictReport().exit_code == ExitCode.NOTHING_TO_DO == 3
     assert PredictReport((ok, skipped)).exit_code == ExitCode.OK == 0
     assert PredictReport((skipped, skipped)).exit_code == ExitCode.NOTHING_TO_DO
@@ -68,6 +69,9 @@ def test_exit_codes_follow_the_outcomes() -> None:
     with pytest.raises(InputMismatchError, match=r"d\.h5: units"):
         PredictReport((ok, refused)).raise_for_failures()
     assert PredictReport((ok, broken)).summary().startswith("1 written, 0 skipped (output exists), 1 failed")
+    assert Outcome("e", "failed").status is Status.FAILED  # a plain value is turned into the enum
+    with pytest.raises(ValueError, match="'done' is not a valid Status"):
+        Outcome("f", "done")  # type: ignore[arg-type]
 
 
 def test_expand_inputs_takes_files_folders_and_globs(tmp_path: Path) -> None:
@@ -133,8 +137,8 @@ def test_segmentation_writes_the_models_probability_and_mask_with_nodata(
     assert [p.name for p in written.outputs] == ["meteovision_bow_echo_halfunet_" + f"{time:%Y%m%dT%H%M}Z.nc"]
 
     # the same forward pass by hand: log1p transform, standardise, NaN -> 0, tiled network, sigmoid
-    stats = model.meta["normalization"]
-    z = (np.log1p(np.maximum(rate, 0.0)) - stats["mean"][0]) / stats["std"][0]
+    stats = model.meta.normalization
+    z = (np.log1p(np.maximum(rate, 0.0)) - stats.mean[0]) / stats.std[0]
     z = np.where(np.isnan(z), 0.0, z).astype(np.float32)[None]
     raw = predict_domain(model.net, z, prepare_model(model, settings))[0]
     nodata = np.isnan(rate)
@@ -244,15 +248,15 @@ def test_regression_writes_the_models_rain_rate_in_mm_per_hour(sat: Trained, tmp
     settings = PredictSettings(tmp_path / "out")
     written = only(predict_file(model, src, settings))
     z = np.stack([fields[n] for n in names])
-    stats = model.meta["normalization"]
+    stats = model.meta.normalization
     for c in range(4):
-        assert stats["transforms"][c] == "none"
-        z[c] = (z[c] - stats["mean"][c]) / stats["std"][c]
+        assert stats.transforms[c] == "none"
+        z[c] = (z[c] - stats.mean[c]) / stats.std[c]
     z = np.where(np.isnan(z), 0.0, z).astype(np.float32)
     raw = predict_domain(model.net, z, prepare_model(model, settings))[0]
-    target = model.meta["target_normalization"]
-    assert target["transforms"] == ["log1p"]
-    rain = np.maximum(np.expm1(raw * target["std"][0] + target["mean"][0]), 0.0)
+    target = model.meta.target_normalization
+    assert target.transforms == ("log1p",)
+    rain = np.maximum(np.expm1(raw * target.std[0] + target.mean[0]), 0.0)
     nodata = np.isnan(fields["VIS_006"])
     ds = product(written.outputs[0])
     got = ds["rain_rate"].values[0]

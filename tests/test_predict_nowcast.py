@@ -72,13 +72,13 @@ def test_nowcast_has_lead_times_reference_time_and_the_models_values(
     assert written.unit == f"nowcast {ref:%Y-%m-%dT%H:%M}Z"
     assert [p.name for p in written.inputs] == [p.name for p in _series(nowcast, 1, 3)]
 
-    stats = model.meta["normalization"]
-    assert stats["transforms"] == ["log10_rain"]
+    stats = model.meta.normalization
+    assert stats.transforms == ("log10_rain",)
     stack = np.stack([f["RATE"] for _, f in frames])
     dbr = np.where(stack >= 0.1, 10 * np.log10(np.maximum(stack, 0.1)), -15.0)
-    z = np.where(np.isnan(stack), 0.0, (dbr - stats["mean"][0]) / stats["std"][0]).astype(np.float32)
+    z = np.where(np.isnan(stack), 0.0, (dbr - stats.mean[0]) / stats.std[0]).astype(np.float32)
     raw = predict_domain(model.net, z, prepare_model(model, settings))
-    dbr_out = raw * stats["std"][0] + stats["mean"][0]
+    dbr_out = raw * stats.std[0] + stats.mean[0]
     rain = np.where(dbr_out < -10.0, 0.0, 10.0 ** (dbr_out / 10.0))
     last_nodata = np.isnan(stack[-1])
     expected = np.where(last_nodata[None], np.nan, rain)

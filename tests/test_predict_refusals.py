@@ -18,7 +18,7 @@ from meteovision.datasets.readers import open_dataset
 from meteovision.datasets.synthetic.grids import Grid, radar_grid
 from meteovision.datasets.synthetic.writers import CfVariable, write_cf_netcdf
 from meteovision.datasets.torch_datasets import resize_image
-from meteovision.pipeline.checkpoints.loading import load_inference_model
+from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, load_inference_model
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import InputMismatchError
@@ -184,8 +184,8 @@ def test_webcam_classification_writes_class_probabilities_per_image(
     first = next(r for r in doc["images"] if r["file"] == images[0].name)
     with open_dataset(images[0]) as ds:
         pixels = resize_image(ds["image"].to_numpy()[0], 32).astype(np.float32)
-    stats = model.meta["normalization"]
-    x = np.stack([(pixels[c] - stats["mean"][c]) / stats["std"][c] for c in range(3)])[None]
+    stats = model.meta.normalization
+    x = np.stack([(pixels[c] - stats.mean[c]) / stats.std[c] for c in range(3)])[None]
     with torch.inference_mode():
         logits = model.net(torch.from_numpy(x.astype(np.float32))).numpy()[0].astype(np.float64)
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -201,12 +201,14 @@ def test_webcam_classification_writes_class_probabilities_per_image(
 # ----------------------------------------------------------------------------- output semantics
 
 
-def _meta(kind: str, variables: list[str], units: list[str], transform: str = "none") -> dict[str, Any]:
+def _meta(kind: str, variables: list[str], units: list[str], transform: str = "none") -> CheckpointMetadata:
+    """Metadata in the flat legacy layout (format 1), parsed as a load would."""
     stats = {"channel_names": variables, "channel_units": units, "transforms": [transform] * len(variables),
              "mean": [0.0] * len(variables), "std": [1.0] * len(variables)}
-    return {"task_kind": kind, "application": "x", "model_name": "halfunet", "out_channels": 2,
-            "input_variables": variables, "target_names": variables, "target_units": units,
-            "num_output_frames": 2 // len(variables), "time_step_minutes": 15, "target_normalization": stats}
+    return CheckpointMetadata.from_dict({
+        "task_kind": kind, "application": "x", "model_name": "halfunet", "in_channels": 2, "out_channels": 2,
+        "input_variables": variables, "target_names": variables, "target_units": units,
+        "num_output_frames": 2 // len(variables), "time_step_minutes": 15, "target_normalization": stats})
 
 
 @pytest.mark.parametrize(
@@ -239,8 +241,9 @@ def test_multiclass_segmentation_writes_class_probabilities_and_the_most_probabl
     from meteovision.pipeline.checkpoints.loading import InferenceModel
     from meteovision.pipeline.inference.outputs import physical_outputs, product_variables, variable_names
 
-    meta = {"task_kind": "segmentation", "application": "echo_type", "out_channels": 3,
-            "target_names": ["echo_type"], "class_names": ["clear", "rain", "clutter"]}
+    meta = CheckpointMetadata.from_dict({"task_kind": "segmentation", "application": "echo_type",
+                                         "model_name": "halfunet", "in_channels": 1, "out_channels": 3,
+                                         "target_names": ["echo_type"], "class_names": ["clear", "rain", "clutter"]})
     model = InferenceModel(torch.nn.Identity(), meta, "0" * 64, Path("x.ckpt"))
     raw = np.zeros((3, 1, 3), np.float32)
     raw[1, 0, 0] = np.log(2.0)  # probabilities (1/4, 1/2, 1/4)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 from meteovision.pipeline.cli import main
 from meteovision.workflows.model_registry import ModelRegistry, ModelVersion, RegistryError
 from meteovision.workflows.retrain import RetrainResult, RetrainSettings, is_better, retrain
@@ -166,7 +167,7 @@ def test_first_candidate_is_promoted_with_card_and_metrics(flow: Flow) -> None:
     assert metrics["previous"] is None and metrics["fine_tuned_from"] is None
     assert (flow.models / "v0001" / "model.ckpt").read_bytes() == first.candidate_checkpoint.read_bytes()
     ckpt = torch.load(first.candidate_checkpoint, map_location="cpu", weights_only=True)
-    test_split = ckpt["meteovision"]["data_description"]["splits"]["test"]
+    test_split = CheckpointMetadata.from_checkpoint_dict(ckpt).data_description["splits"]["test"]
     card = (flow.models / "v0001" / "MODEL_CARD.md").read_text()
     assert card.startswith("# Model card: bow_echo (halfunet)\n")
     for section in ("## Data", "## Metrics (test split)", "## Intended use", "## Limits"):

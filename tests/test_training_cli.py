@@ -27,6 +27,7 @@ from meteovision.datasets.readers import open_series
 from meteovision.datasets.synthetic import SampleSettings, generate_sample_data
 from meteovision.models import build_model
 from meteovision.models.errors import ModelSettingsError
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.training.cli import RUN_KEY, build_cli, package_error, resolve_config_path
 from meteovision.pipeline.training.losses import LossConfigError
@@ -182,7 +183,7 @@ def test_dotted_overrides_reach_the_model_and_the_saved_config(tmp_path: Path, d
     assert saved["trainer"]["limit_train_batches"] == 3
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3  # of the 6 batches of the training split
-    assert ckpt["meteovision"]["model_settings"] == {"num_filters": 4, "depth": 3}
+    assert CheckpointMetadata.from_checkpoint_dict(ckpt).network.model_settings == {"num_filters": 4, "depth": 3}
     weights = {k.removeprefix("net."): tuple(v.shape) for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     four = {k: tuple(v.shape) for k, v in build_model("halfunet", 1, 1, num_filters=4, depth=3).state_dict().items()}
     eight = {k: tuple(v.shape) for k, v in build_model("halfunet", 1, 1, num_filters=8, depth=3).state_dict().items()}

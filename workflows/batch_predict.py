@@ -34,15 +34,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from torch.utils.data import Dataset, Sampler
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.cli import PRECISION_HELP
 from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
-from meteovision.pipeline.inference.predict import PRECISIONS
+from meteovision.pipeline.inference.predict import PRECISIONS, Status
 from meteovision.pipeline.inference.write_errors import OutputWriteError
 
 if TYPE_CHECKING:
-    from meteovision.pipeline.checkpoints.loading import InferenceModel
+    from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel
     from meteovision.pipeline.inference.predict import PredictReport, PredictSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 RECORD_GLOB = "rank-*.jsonl"
-SUPPORTED_KINDS = ("segmentation", "regression", "nowcast")
+SUPPORTED_KINDS = (TaskKind.SEGMENTATION, TaskKind.REGRESSION, TaskKind.NOWCAST)
 
 
 class BatchPredictError(MeteovisionError):
@@ -87,17 +88,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _unit_kind(model: InferenceModel) -> str:
+def _unit_kind(model: InferenceModel) -> TaskKind:
     return _check_kind(model.meta, model.path)
 
 
-def _check_kind(meta: dict[str, Any], path: Path) -> str:
-    from meteovision.pipeline.inference.outputs import task_kind_of
-
-    kind = str(task_kind_of(meta))
+def _check_kind(meta: CheckpointMetadata, path: Path) -> TaskKind:
+    kind = meta.task_kind
     if kind not in SUPPORTED_KINDS:
         raise BatchPredictError(
-            f"{path}: batch-predict runs {', '.join(SUPPORTED_KINDS)} checkpoints, not {kind!r} "
+            f"{path}: batch-predict runs {', '.join(SUPPORTED_KINDS)} checkpoints, not {kind.value!r} "
             "(classification writes one table for all images: use `meteovision predict`)"
         )
     return kind
@@ -115,9 +114,9 @@ def predict_unit(
     """
     from meteovision.pipeline.inference.predict import predict_file, predict_sequence
 
-    if _unit_kind(model) != "nowcast":
+    if _unit_kind(model) is not TaskKind.NOWCAST:
         return predict_file(model, files[index], settings)
-    n_in = int(model.meta.get("num_input_frames") or 1)
+    n_in = model.meta.num_input_frames
     window = files[max(0, index - n_in + 1): index + 1]
     return predict_sequence(model, window, replace(settings, latest_only=True))
 
@@ -130,24 +129,24 @@ class BatchSummary:
     world_size: int
     records: tuple[dict[str, Any], ...]
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.records for o in r["outcomes"] if o["status"] == status)
 
     @property
     def exit_code(self) -> ExitCode:
         """As ``meteovision predict``: 0 all written, 1 some failed, 3 nothing written nor failed, 5 all failed."""
-        if self.count("failed"):
-            done = self.count("written") + self.count("skipped")
+        if self.count(Status.FAILED):
+            done = self.count(Status.WRITTEN) + self.count(Status.SKIPPED)
             return ExitCode.PARTIAL_FAILURE if done else ExitCode.ALL_FAILED
-        return ExitCode.OK if self.count("written") else ExitCode.NOTHING_TO_DO
+        return ExitCode.OK if self.count(Status.WRITTEN) else ExitCode.NOTHING_TO_DO
 
     def line(self) -> str:
         per_rank = {rank: sum(1 for r in self.records if r["rank"] == rank) for rank in range(self.world_size)}
         code = self.exit_code
         return (f"batch-predict: {len(self.records)} input(s) on {self.world_size} rank(s) "
                 f"({', '.join(f'rank {k}: {v}' for k, v in per_rank.items())}); "
-                f"{self.count('written')} written, {self.count('skipped')} skipped (output exists), "
-                f"{self.count('failed')} failed; exit code {int(code)} ({code.description})")
+                f"{self.count(Status.WRITTEN)} written, {self.count(Status.SKIPPED)} skipped (output exists), "
+                f"{self.count(Status.FAILED)} failed; exit code {int(code)} ({code.description})")
 
 
 def read_records(run_dir: Path, inputs: Sequence[Path]) -> tuple[dict[str, Any], ...]:
@@ -269,9 +268,9 @@ def run_batch(
         raise BatchPredictError(f"devices ({devices}) and num-nodes ({num_nodes}) must be >= 1")
     if not files:
         raise BatchPredictError("no input file to process")
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import load_metadata
 
-    _check_kind(load_checkpoint(checkpoint)[CHECKPOINT_KEY], checkpoint)  # refused before any rank starts
+    _check_kind(load_metadata(checkpoint), checkpoint)  # refused before any rank starts
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     stage_cls, data_cls = _lightning_classes()
     stage = stage_cls(checkpoint, files, settings, log_dir)
@@ -290,8 +289,8 @@ def run_batch(
     run_dir = stage.run_dir
     summary = BatchSummary(run_dir, trainer.world_size, read_records(run_dir, files))
     doc = {"checkpoint": str(checkpoint), "world_size": summary.world_size, "inputs": len(files),
-           "written": summary.count("written"), "skipped": summary.count("skipped"),
-           "failed": summary.count("failed"), "exit_code": int(summary.exit_code)}
+           "written": summary.count(Status.WRITTEN), "skipped": summary.count(Status.SKIPPED),
+           "failed": summary.count(Status.FAILED), "exit_code": int(summary.exit_code)}
     tmp = run_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, run_dir / "summary.json")
@@ -353,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     for record in summary.records:
         for outcome in record["outcomes"]:
-            if outcome["status"] == "failed":
+            if outcome["status"] == Status.FAILED:
                 print(f"FAILED {outcome['unit']} (rank {record['rank']}): {outcome['reason']}")
     print(summary.line())
     print(f"records: {summary.run_dir}")

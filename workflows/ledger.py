@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,20 @@ from meteovision.workflows.discovery import FileFacts, WorkUnit, iso
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-STATES = ("pending", "claimed", "done", "failed", "quarantined", "skipped")
+
+
+class UnitState(StrEnum):
+    """Where a unit of work stands; the values are what the ``units.state`` column holds."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    FAILED = "failed"  # due again after its backoff
+    QUARANTINED = "quarantined"  # attempts used up: set aside until requeued
+    SKIPPED = "skipped"
+
+
+STATES = tuple(s.value for s in UnitState)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS units (
@@ -111,7 +124,7 @@ class UnitRow:
     label: str
     inputs: list[list[str]]
     reference_time: str | None
-    state: str
+    state: UnitState
     attempts: int
     last_error: str | None
     outputs: list[str]
@@ -130,7 +143,7 @@ class UnitRow:
             label=row["label"],
             inputs=json.loads(row["inputs"]),
             reference_time=row["reference_time"],
-            state=row["state"],
+            state=UnitState(row["state"]),
             attempts=int(row["attempts"]),
             last_error=row["last_error"],
             outputs=json.loads(row["outputs"] or "[]"),
@@ -337,18 +350,13 @@ class Ledger:
             if row is None:
                 raise LedgerError(f"{self.path}: unit {unit_id[:12]} was never registered")
             outcome = Claim.CLAIMED
-            if row.state in ("done", "quarantined", "skipped"):
+            if row.state in (UnitState.DONE, UnitState.QUARANTINED, UnitState.SKIPPED):
                 return Claim.FINISHED, row
-            if row.state == "claimed":
+            if row.state is UnitState.CLAIMED:
                 if not self._abandoned(row, now):
                     return Claim.BUSY, row
-                log.warning(
-                    "%s: taking over the claim of %s (attempt %d; %s)",
-                    row.label,
-                    row.claimed_by,
-                    row.attempts,
-                    "lease expired" if (row.lease_until or 0) < now else "process gone",
-                )
+                log.warning("%s: taking over the claim of %s (attempt %d; %s)", row.label, row.claimed_by,
+                            row.attempts, "lease expired" if (row.lease_until or 0) < now else "process gone")
                 if row.attempts >= max_attempts:
                     reason = (
                         f"abandoned by {row.claimed_by} on attempt {row.attempts} of {max_attempts} "
@@ -361,7 +369,7 @@ class Ledger:
                     )
                     return Claim.QUARANTINED, self._row(db, unit_id)
                 outcome = Claim.TAKEN_OVER
-            elif row.state == "failed" and row.next_attempt_at > now:
+            elif row.state is UnitState.FAILED and row.next_attempt_at > now:
                 return Claim.WAITING, row
             db.execute(
                 "UPDATE units SET state = 'claimed', attempts = attempts + 1, claimed_by = ?, "
@@ -395,7 +403,7 @@ class Ledger:
                 (json.dumps([str(p) for p in outputs]), checkpoint_sha256, now, now),
             )
 
-    def fail(self, unit_id: str, reason: str, max_attempts: int, backoff_seconds: float) -> str | None:
+    def fail(self, unit_id: str, reason: str, max_attempts: int, backoff_seconds: float) -> UnitState | None:
         """Record a failed attempt: ``failed`` with the next attempt's time, ``quarantined`` when used up."""
         now = self.clock()
         with self.transaction() as db:
@@ -403,14 +411,9 @@ class Ledger:
             if row is None:
                 raise LedgerError(f"{self.path}: unit {unit_id[:12]} was never registered")
             if row.attempts >= max_attempts:
-                ok = self._update_own(
-                    db,
-                    unit_id,
-                    "state = 'quarantined', last_error = ?, lease_until = NULL, "
-                    "updated_at = ?, finished_at = ?",
-                    (reason, now, now),
-                )
-                return "quarantined" if ok else None
+                ok = self._update_own(db, unit_id, "state = 'quarantined', last_error = ?, lease_until = NULL, "
+                                      "updated_at = ?, finished_at = ?", (reason, now, now))
+                return UnitState.QUARANTINED if ok else None
             due = now + backoff_delay(row.attempts, backoff_seconds)
             ok = self._update_own(
                 db,
@@ -418,7 +421,7 @@ class Ledger:
                 "state = 'failed', last_error = ?, next_attempt_at = ?, lease_until = NULL, updated_at = ?",
                 (reason, due, now),
             )
-            return "failed" if ok else None
+            return UnitState.FAILED if ok else None
 
     def release(self, unit_id: str, reason: str) -> None:
         """Give back our claim without spending an attempt (the tick stopped for a reason not the unit's)."""
@@ -436,7 +439,7 @@ class Ledger:
         with self.transaction() as db:
             db.execute("UPDATE units SET quarantine_path = ? WHERE unit_id = ?", (str(path), unit_id))
 
-    def requeue(self, states: Sequence[str] = ("failed", "quarantined")) -> int:
+    def requeue(self, states: Sequence[UnitState] = (UnitState.FAILED, UnitState.QUARANTINED)) -> int:
         """Make failed/quarantined units due again with fresh attempts (after the cause was fixed)."""
         now = self.clock()
         marks = ", ".join("?" for _ in states)
@@ -444,7 +447,7 @@ class Ledger:
             cur = db.execute(
                 f"UPDATE units SET state = 'pending', attempts = 0, next_attempt_at = 0, "
                 f"quarantine_path = NULL, updated_at = ? WHERE state IN ({marks})",
-                (now, *states),
+                (now, *(UnitState(s).value for s in states)),
             )
             return int(cur.rowcount)
 
@@ -454,13 +457,13 @@ class Ledger:
         with self.transaction() as db:
             return self._row(db, unit_id)
 
-    def units(self, state: str | None = None) -> list[UnitRow]:
+    def units(self, state: UnitState | None = None) -> list[UnitRow]:
         with self.transaction() as db:
             if state is None:
                 rows = db.execute("SELECT * FROM units ORDER BY reference_time, label").fetchall()
             else:
                 rows = db.execute(
-                    "SELECT * FROM units WHERE state = ? ORDER BY reference_time, label", (state,)
+                    "SELECT * FROM units WHERE state = ? ORDER BY reference_time, label", (UnitState(state).value,)
                 ).fetchall()
         return [UnitRow.from_sql(r) for r in rows]
 

@@ -36,12 +36,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX
 from meteovision.pipeline.inference.write_errors import OutputWriteError, folder_problem
 from meteovision.workflows.discovery import FileInspector, WorkUnit, discover
-from meteovision.workflows.ledger import Claim, Ledger, LedgerError
+from meteovision.workflows.ledger import Claim, Ledger, LedgerError, UnitState
 from meteovision.workflows.logs import FIELDS
 from meteovision.workflows.operational_config import OperationalConfig, OperationalConfigError
 from meteovision.workflows.quarantine import quarantine
@@ -193,28 +194,26 @@ def predict_settings(config: OperationalConfig) -> PredictSettings:
 
 def check_model(config: OperationalConfig, model: InferenceModel) -> None:
     """Refuse a checkpoint that does not fit the configuration's kind, frame count or step."""
-    from meteovision.pipeline.inference.outputs import task_kind_of
-
-    kind = task_kind_of(model.meta)
+    kind = model.meta.task_kind
     where = f"checkpoint {config.checkpoint}"
     if config.kind == "single_file":
-        if kind == "nowcast":
+        if kind is TaskKind.NOWCAST:
             raise OperationalConfigError(
                 f"kind: single_file cannot run the nowcast {where}; use kind "
                 "nowcast_sequence with a sequence section"
             )
         return
     assert config.sequence is not None
-    if kind != "nowcast":
+    if kind is not TaskKind.NOWCAST:
         raise OperationalConfigError(
-            f"kind: nowcast_sequence needs a nowcast checkpoint; {where} is {kind!r}"
+            f"kind: nowcast_sequence needs a nowcast checkpoint; {where} is {kind.value!r}"
         )
-    frames = int(model.meta.get("num_input_frames") or 0)
+    frames = model.meta.num_input_frames
     if frames != config.sequence.frames:
         raise OperationalConfigError(
             f"sequence.frames: {config.sequence.frames}, but {where} takes {frames} input frames"
         )
-    step = float(model.meta.get("time_step_minutes") or 0.0)
+    step = model.meta.time_step_minutes or 0.0
     if not math.isclose(step, config.sequence.step_minutes, rel_tol=1e-6):
         raise OperationalConfigError(
             f"sequence.step_minutes: {config.sequence.step_minutes:g}, but {where} was "
@@ -325,10 +324,10 @@ class _Runner:
                 log.info("%s done: %s", unit.label, ", ".join(p.name for p in outputs))
             return
         state = self.ledger.fail(unit.key, problem, retry.max_attempts, retry.backoff_seconds)
-        if state == "quarantined":
+        if state is UnitState.QUARANTINED:
             self.counts.quarantined += 1
             self._set_aside(unit, problem, row.attempts)
-        elif state == "failed":
+        elif state is UnitState.FAILED:
             self.counts.failed += 1
             log.error(
                 "%s failed (attempt %d of %d): %s", unit.label, row.attempts, retry.max_attempts, problem

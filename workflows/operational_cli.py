@@ -150,12 +150,13 @@ def _check(config: OperationalConfig) -> int:
 
 
 def _status(config: OperationalConfig) -> int:
-    from meteovision.workflows.ledger import Ledger, utc_text
+    from meteovision.workflows.ledger import Ledger, UnitState, utc_text
 
     try:
         with Ledger(config.ledger, config.lock, lock_timeout=config.retry.lock_timeout_seconds) as ledger:
             counts = ledger.counts()
-            troubled = ledger.units("failed") + ledger.units("quarantined") + ledger.units("claimed")
+            troubled = [row for state in (UnitState.FAILED, UnitState.QUARANTINED, UnitState.CLAIMED)
+                        for row in ledger.units(state)]
             ticks = ledger.last_ticks()
     except MeteovisionError as err:
         return _error(str(err))

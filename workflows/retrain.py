@@ -26,12 +26,16 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from meteovision.core.applications import APPLICATIONS
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.workflows.model_registry import ModelRegistry, ModelVersion
+
+if TYPE_CHECKING:
+    from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +45,11 @@ __all__ = ["DEFAULT_METRICS", "RetrainError", "RetrainResult", "RetrainSettings"
 Mode = Literal["max", "min"]
 #: metric key of test_metrics.json ``model_scores`` and its direction, per task kind, for a checkpoint of an
 #: application outside the table; the table's ``headline_metric`` comes first (meteovision.core.applications)
-DEFAULT_METRICS: dict[str, tuple[str, Mode]] = {
-    "segmentation": ("cont/csi@0.5", "max"),
-    "regression": ("reg/rmse", "min"),
-    "nowcast": ("lead030_cont/csi@1", "max"),
-    "classification": ("cls/f1_macro", "max"),
+DEFAULT_METRICS: dict[TaskKind, tuple[str, Mode]] = {
+    TaskKind.SEGMENTATION: ("cont/csi@0.5", "max"),
+    TaskKind.REGRESSION: ("reg/rmse", "min"),
+    TaskKind.NOWCAST: ("lead030_cont/csi@1", "max"),
+    TaskKind.CLASSIFICATION: ("cls/f1_macro", "max"),
 }
 
 
@@ -112,12 +116,10 @@ def _common(settings: RetrainSettings, root: Path) -> list[str]:
 
 def checkpoint_stats_file(checkpoint: Path, out: Path) -> Path:
     """The checkpoint's joint input (+ target) statistics as a ``normalization_path`` JSON."""
-    from meteovision.datasets.normalization import NormalizationStats
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import load_metadata
 
-    meta = load_checkpoint(checkpoint)[CHECKPOINT_KEY]
-    parts = [meta.get("normalization"), meta.get("target_normalization")]
-    stats = [NormalizationStats.from_dict(p) for p in parts if p]
+    meta = load_metadata(checkpoint)
+    stats = [s for s in (meta.normalization, meta.target_normalization) if s is not None]
     if not stats:
         raise RetrainError(f"{checkpoint}: records no normalisation statistics")
     return stats[0].union(*stats[1:]).save_json(out)
@@ -127,15 +129,15 @@ def _initial_weights_callback(checkpoint: Path) -> Any:
     """A callback loading ``checkpoint``'s network weights when fitting starts (fine-tuning)."""
     import lightning.pytorch as L
 
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
+    from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, load_checkpoint
 
     class InitialWeights(L.Callback):
         def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             ckpt = load_checkpoint(checkpoint)
-            meta = ckpt[CHECKPOINT_KEY]
+            net = CheckpointMetadata.from_checkpoint_dict(ckpt, str(checkpoint)).network
             mine = (getattr(pl_module, "model_name", None), getattr(pl_module, "model_settings", None))
-            if (meta.get("model_name"), meta.get("model_settings")) != mine:
-                raise RetrainError(f"{checkpoint}: model {meta.get('model_name')} {meta.get('model_settings')} "
+            if (net.model_name, dict(net.model_settings)) != mine:
+                raise RetrainError(f"{checkpoint}: model {net.model_name} {dict(net.model_settings)} "
                                    f"differs from the config's {mine[0]} {mine[1]}; fine-tuning needs the same "
                                    "architecture")
             weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -209,29 +211,20 @@ def _score(report: dict[str, Any], metric: str, what: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _task_kind(checkpoint: Path) -> str:
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
-
-    return str(load_checkpoint(checkpoint)[CHECKPOINT_KEY].get("task_kind") or "")
-
-
-def _headline_metric(checkpoint: Path) -> tuple[str, Mode] | None:
+def _headline_metric(application: str | None) -> tuple[str, Mode] | None:
     """The application table's headline metric of the checkpoint's application (None: not in the table)."""
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
-
-    name = str(load_checkpoint(checkpoint)[CHECKPOINT_KEY].get("application") or "")
-    if name not in APPLICATIONS:
+    if not application or application not in APPLICATIONS:
         return None
-    headline = APPLICATIONS[name].headline_metric
+    headline = APPLICATIONS[application].headline_metric
     return headline.key, "max" if headline.higher_is_better else "min"
 
 
 INTENDED_USE = {
-    "segmentation": "Detecting the target feature ({targets}) on {inputs} fields, as a probability and a mask, "
+    TaskKind.SEGMENTATION: "Detecting the target feature ({targets}) on {inputs} fields, as a probability and a mask, "
                     "to draw forecasters' attention; not a warning on its own.",
-    "regression": "Estimating {targets} from {inputs} where no direct measurement is available.",
-    "nowcast": "Extrapolating {inputs} over the next {lead} (nowcasting), as guidance beside the observations.",
-    "classification": "Classifying images ({targets}) to support observations; not a replacement for them.",
+    TaskKind.REGRESSION: "Estimating {targets} from {inputs} where no direct measurement is available.",
+    TaskKind.NOWCAST: "Extrapolating {inputs} over the next {lead} (nowcasting), as guidance beside the observations.",
+    TaskKind.CLASSIFICATION: "Classifying images ({targets}) to support observations; not a replacement for them.",
 }
 
 
@@ -243,29 +236,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def model_card(checkpoint: Path, metrics: dict[str, Any], report: dict[str, Any]) -> str:
+def model_card(meta: CheckpointMetadata, metrics: dict[str, Any], report: dict[str, Any]) -> str:
     """The Markdown model card of a promoted candidate: data, period, metrics beside the baseline, use, limits."""
-    from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, load_checkpoint
-
-    meta = load_checkpoint(checkpoint)[CHECKPOINT_KEY]
-    data = meta.get("data_description") or {}
-    kind = str(meta.get("task_kind") or "")
-    inputs = ", ".join(f"{n} ({u})" for n, u in zip(meta.get("channel_names") or [], meta.get("channel_units") or [],
-                                                   strict=False)) or "-"
-    targets = ", ".join(meta.get("target_names") or meta.get("class_names") or []) or "-"
-    n_out = meta.get("num_output_frames") or 0
-    step = meta.get("time_step_minutes") or 0
+    data = meta.data_description  # the datamodule's own description, shown as written
+    kind = meta.task_kind
+    inputs = ", ".join(f"{n} ({u})" for n, u in zip(meta.channel_names, meta.channel_units, strict=False)) or "-"
+    targets = ", ".join(meta.target_names or meta.class_names) or "-"
+    n_out = meta.num_output_frames or 0
+    step = meta.time_step_minutes or 0
     lead = f"{float(n_out) * float(step):g} min" if n_out and step else "the trained lead times"
     previous = metrics.get("previous") or {}
     source = metrics.get("fine_tuned_from")
     origin = f"fine-tuned from {source}" if source else "trained from scratch"
     split_mode = (data.get("split") or {}).get("mode", "-")
     lines = [
-        f"# Model card: {meta.get('application')} ({meta.get('model_name')})",
+        f"# Model card: {meta.application} ({meta.model_name})",
         "",
-        f"- Task: {kind}; network `{meta.get('model_name')}` {json.dumps(meta.get('model_settings') or {})}, "
-        f"{meta.get('in_channels')} input channel(s), {meta.get('out_channels')} output channel(s)",
-        f"- Inputs: {inputs}; frames per sample: {meta.get('num_input_frames')}",
+        f"- Task: {kind.value}; network `{meta.model_name}` {json.dumps(dict(meta.network.model_settings))}, "
+        f"{meta.in_channels} input channel(s), {meta.out_channels} output channel(s)",
+        f"- Inputs: {inputs}; frames per sample: {meta.num_input_frames}",
         f"- Targets: {targets}",
         f"- Promoted: {metrics.get('time')}; {origin}",
         f"- Decision: `{metrics.get('metric')}` ({metrics.get('mode')} is better) on the test split of "
@@ -273,7 +262,7 @@ def model_card(checkpoint: Path, metrics: dict[str, Any], report: dict[str, Any]
         "",
         "## Data",
         "",
-        f"- Application: {data.get('app', meta.get('application'))}; folder `{data.get('data_dir', '-')}`; "
+        f"- Application: {data.get('app', meta.application)}; folder `{data.get('data_dir', '-')}`; "
         f"seed {_fmt(data.get('seed'))}; created by {_fmt(data.get('created_by'))}",
         f"- Time step: {_fmt(data.get('time_step_minutes'))} min; split by `{split_mode}`",
         "",
@@ -311,7 +300,7 @@ def model_card(checkpoint: Path, metrics: dict[str, Any], report: dict[str, Any]
         "sensors or processing chains were not seen and may degrade it.",
         f"- Scored on {_fmt(test.get('frames'))} test frame(s) ({_fmt(test.get('start'))} to {_fmt(test.get('end'))}); "
         "scores on so few cases are uncertain.",
-        f"- Inputs must have the channels and units above and grid spacing {_fmt(meta.get('grid_spacing_m'))} m; "
+        f"- Inputs must have the channels and units above and grid spacing {_fmt(meta.grid_spacing_m)} m; "
         "the predict stage refuses other inputs.",
         "- Check the baseline column: a model that does not beat it should not be used.",
         "",
@@ -326,13 +315,16 @@ def retrain(settings: RetrainSettings) -> RetrainResult:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = settings.workdir or registry.root / ".retrain" / f"run-{stamp}-{secrets.token_hex(3)}"
     candidate = train_candidate(settings, work / "train")
-    kind = _task_kind(candidate)
-    default = _headline_metric(candidate) or DEFAULT_METRICS.get(kind)
+    from meteovision.pipeline.checkpoints.loading import load_metadata
+
+    candidate_meta = load_metadata(candidate)
+    kind = candidate_meta.task_kind
+    default = _headline_metric(candidate_meta.application) or DEFAULT_METRICS.get(kind)
     metric, mode = default if default is not None else (None, None)
     metric = settings.metric or metric
     mode = settings.mode or mode or "max"
     if metric is None:
-        raise RetrainError(f"{candidate}: no default metric for task kind {kind!r}; give --metric")
+        raise RetrainError(f"{candidate}: no default metric for task kind {kind.value!r}; give --metric")
     cand_report = evaluate(settings, candidate, work / "test_candidate")
     cand_score = _score(cand_report, metric, "candidate")
     cur_report: dict[str, Any] | None = None
@@ -355,7 +347,7 @@ def retrain(settings: RetrainSettings) -> RetrainResult:
         "evaluated_on": str(settings.data), "fine_tuned_from": str(settings.init_from) if settings.init_from else None,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    card = model_card(candidate, metrics, cand_report)
+    card = model_card(candidate_meta, metrics, cand_report)
     version = registry.add_version(candidate, metrics, card)
     registry.promote(version, metric=metric, score=cand_score, previous_score=cur_score)
     reason = f"candidate {metric} = {cand_score:.6g} beats {versus} ({mode}): promoted as {version.name}"

@@ -8,106 +8,41 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.normalization import NormalizationStats
-from meteovision.pipeline.versions import package_versions
+from meteovision.pipeline.checkpoints.metadata import (
+    CHECKPOINT_KEY,
+    FORMAT_VERSION,
+    CheckpointError,
+    CheckpointMetadata,
+    CheckpointMismatchError,
+    NetworkMetadata,
+    checkpoint_metadata,
+)
 
-CHECKPOINT_KEY = "meteovision"
-FORMAT_VERSION = 1
+__all__ = [
+    "CHECKPOINT_KEY", "FORMAT_VERSION", "CheckpointError", "CheckpointMetadata", "CheckpointMismatchError",
+    "InferenceModel", "NetworkMetadata", "check_data_matches", "checkpoint_metadata", "file_sha256", "load_checkpoint",
+    "load_inference_model", "load_metadata",
+]
 
-
-class CheckpointMismatchError(MeteovisionError):
-    """The checkpoint was trained on data other than what it is given now."""
-
-
-def _plain(value: Any) -> Any:
-    """Tensors, numpy scalars and tuples -> JSON-like values that weights_only loading accepts."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def checkpoint_metadata(task: Any, dm: Any) -> dict[str, Any]:
-    """Everything inference needs, taken from the task and its datamodule."""
-    norm = getattr(dm, "normalization", None)
-    target_norm = getattr(dm, "target_transform", None)
-    describe = getattr(dm, "data_description", None)
-    hp = task.hparams
-    return _plain(
-        {
-            "format_version": FORMAT_VERSION,
-            "application": task.application,
-            "task": type(task).__name__,
-            "model_name": task.model_name,
-            "model_settings": task.model_settings,
-            "in_channels": hp.get("in_channels"),
-            "out_channels": hp.get("out_channels"),
-            "channel_names": list(getattr(dm, "channel_names", []) or []),
-            "channel_units": list(getattr(dm, "channel_units", []) or []),
-            "normalization": norm.to_dict() if norm is not None else None,
-            "target_normalization": target_norm.to_dict() if target_norm is not None else None,
-            "target_names": list(getattr(dm, "target_names", []) or []),
-            "target_units": list(getattr(dm, "target_units", []) or []),
-            "class_names": getattr(dm, "class_names", None),
-            "task_kind": getattr(task, "task_kind", "dense"),
-            "nowcast_head": str(getattr(task, "nowcast_head", "direct")),
-            "variables_per_frame": hp.get("variables_per_frame"),
-            "max_speed": getattr(task, "max_speed", None),
-            "input_variables": list(getattr(dm, "input_variables", []) or []),
-            "num_input_frames": getattr(dm, "num_input_frames", 1),
-            "num_output_frames": getattr(dm, "num_output_frames", None),
-            "time_step_minutes": _safe(dm, "time_step_minutes"),
-            "grid_spacing_m": _safe(dm, "grid_spacing_m"),
-            "patch_size": getattr(dm, "patch", None) and getattr(dm.patch, "patch_size", None),
-            "divisibility": _divisibility(task),
-            "data_description": describe() if callable(describe) else {},
-            "versions": package_versions(),
-        }
-    )
-
-
-def _safe(obj: Any, name: str) -> Any:
-    """An optional datamodule property that may raise when the data cannot tell (few frames)."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # a property of user data; absence is recorded as None
-        return None
-
-
-def _divisibility(task: Any) -> int | None:
-    from meteovision.models import get_model_spec
-
-    try:
-        return int(get_model_spec(task.model_name, **task.model_settings).divisibility)
-    except Exception:  # classifiers or unknown specs have no spatial constraint to record
-        return None
-
-
-def check_data_matches(meta: dict[str, Any], dm: Any) -> None:
+def check_data_matches(meta: CheckpointMetadata, dm: Any) -> None:
     """Refuse to use a checkpoint on data with other channels, units or normalisation."""
     problems: list[str] = []
-    names = list(getattr(dm, "channel_names", []) or [])
-    if meta.get("channel_names") and names and meta["channel_names"] != names:
-        problems.append(f"input channels {names} differ from the checkpoint's {meta['channel_names']}")
-    units = list(getattr(dm, "channel_units", []) or [])
-    if meta.get("channel_units") and units and meta["channel_units"] != units:
-        problems.append(f"input units {units} differ from the checkpoint's {meta['channel_units']}")
+    names = tuple(getattr(dm, "channel_names", None) or ())
+    if meta.channel_names and names and meta.channel_names != names:
+        problems.append(f"input channels {list(names)} differ from the checkpoint's {list(meta.channel_names)}")
+    units = tuple(getattr(dm, "channel_units", None) or ())
+    if meta.channel_units and units and meta.channel_units != units:
+        problems.append(f"input units {list(units)} differ from the checkpoint's {list(meta.channel_units)}")
     norm = getattr(dm, "normalization", None)
-    if norm is not None and meta.get("normalization") and not _close(norm.to_dict(), meta["normalization"]):
+    if norm is not None and meta.normalization and not _close(norm.to_dict(), meta.normalization.to_dict()):
         problems.append("the normalisation statistics differ from the checkpoint's")
     if problems:
         raise CheckpointMismatchError("checkpoint does not match the data: " + "; ".join(problems))
@@ -127,20 +62,46 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a meteovision checkpoint safely (weights_only) and check it carries our metadata."""
+    """Read a meteovision checkpoint safely (weights_only) and check it carries our metadata.
+
+    Every refusal is a :class:`CheckpointError` naming the file and why: missing, empty,
+    truncated or not a torch file, a Python object that safe loading does not allow, no metadata.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointMismatchError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointMismatchError(f"{path}: cannot be loaded safely (weights_only=True): {err}") from err
-    if CHECKPOINT_KEY not in ckpt:
-        raise CheckpointMismatchError(f"{path}: not a meteovision checkpoint (no '{CHECKPOINT_KEY}' metadata)")
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused, {_unsafe_reason(err)}") from err
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({reason})") from err
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
+        raise CheckpointError(f"{path}: not a meteovision checkpoint (no '{CHECKPOINT_KEY}' metadata)")
     return dict(ckpt)
 
 
+def _unsafe_reason(err: pickle.UnpicklingError) -> str:
+    """The one useful line of torch's weights_only refusal: which global the file wanted to import."""
+    for line in str(err).splitlines():
+        if "Unsupported global" in line:
+            found = line.split("Unsupported global:", 1)[1].split(" was not", 1)[0].strip().removeprefix("GLOBAL ")
+            return (f"it holds a Python object ({found}) that safe loading (weights_only=True) does not "
+                    "allow; loading it could run code, so it is not loaded")
+    first = str(err).splitlines()[0] if str(err).strip() else "unreadable pickle data"
+    return f"it cannot be loaded safely (weights_only=True): {first}"
+
+
+def load_metadata(path: str | Path) -> CheckpointMetadata:
+    """The checked metadata of checkpoint ``path`` (one safe load)."""
+    return CheckpointMetadata.from_checkpoint_dict(load_checkpoint(path), str(path))
+
+
 def file_sha256(path: str | Path) -> str:
+    """The checkpoint's content hash, recorded in every product so a result names its weights."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -153,25 +114,23 @@ class InferenceModel:
     """A trained network ready for inference, with what it needs to read and write data."""
 
     net: torch.nn.Module
-    meta: dict[str, Any]
+    meta: CheckpointMetadata
     sha256: str
     path: Path
 
     @property
     def application(self) -> str:
-        return str(self.meta["application"])
+        return self.meta.application
 
     @property
     def model_name(self) -> str:
-        return str(self.meta["model_name"])
+        return self.meta.model_name
 
     def input_stats(self) -> NormalizationStats | None:
-        data = self.meta.get("normalization")
-        return NormalizationStats.from_dict(data) if data else None
+        return self.meta.normalization
 
     def target_stats(self) -> NormalizationStats | None:
-        data = self.meta.get("target_normalization")
-        return NormalizationStats.from_dict(data) if data else None
+        return self.meta.target_normalization
 
 
 def load_inference_model(path: str | Path) -> InferenceModel:
@@ -184,13 +143,13 @@ def load_inference_model(path: str | Path) -> InferenceModel:
 
     path = Path(path)
     ckpt = load_checkpoint(path)
-    meta = dict(ckpt[CHECKPOINT_KEY])
-    net = build_network(meta)
+    meta = CheckpointMetadata.from_checkpoint_dict(ckpt, str(path))
+    net = build_network(meta.network)
     prefix = "net."
     weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise CheckpointMismatchError(f"{path}: weights do not fit model '{meta['model_name']}': {err}") from err
+        raise CheckpointMismatchError(f"{path}: weights do not fit model '{meta.model_name}': {err}") from err
     net.eval()
     return InferenceModel(net=net, meta=meta, sha256=file_sha256(path), path=path)

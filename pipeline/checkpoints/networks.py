@@ -6,13 +6,12 @@ exported ONNX/TorchScript graph all compute the same thing.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meteovision.models import build_model
+from meteovision.pipeline.checkpoints.metadata import NOWCAST_HEADS, NetworkMetadata
 
 
 def zero_last_conv(net: nn.Module) -> None:
@@ -135,25 +134,21 @@ class AdvectionNowcast(nn.Module):
         return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian")
-
-
-def build_network(meta: dict[str, Any]) -> nn.Module:
+def build_network(meta: NetworkMetadata) -> nn.Module:
     """The network described by checkpoint metadata (model, channels, settings, nowcast head)."""
-    in_ch, out_ch = int(meta["in_channels"]), int(meta["out_channels"])
-    settings = dict(meta.get("model_settings") or {})
-    head = str(meta.get("nowcast_head") or "direct")
+    in_ch, out_ch = meta.in_channels, meta.out_channels
+    settings = dict(meta.model_settings)
+    head = meta.nowcast_head
     if head not in NOWCAST_HEADS:
         raise ValueError(f"nowcast_head '{head}' is unknown; known: {list(NOWCAST_HEADS)}")
-    variables = int(meta.get("variables_per_frame") or 1)
+    variables = meta.variables_per_frame
     if head in ("advection", "lagrangian"):
-        backbone = build_model(str(meta["model_name"]), in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
+        backbone = build_model(meta.model_name, in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
         # checkpoints written before max_speed was configurable were trained with the old bound, 6 px/step
-        max_speed = float(meta.get("max_speed") or 6.0)
+        max_speed = meta.max_speed or 6.0
         return AdvectionNowcast(backbone, variables, out_ch // variables, max_speed=max_speed,
                                 corrections=head == "advection")
-    net = build_model(str(meta["model_name"]), in_ch, out_ch, **settings)
+    net = build_model(meta.model_name, in_ch, out_ch, **settings)
     if head == "residual":
         return LastFrameResidual(net, variables, out_ch // variables)
     return net
-

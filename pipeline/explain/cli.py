@@ -90,7 +90,7 @@ def _layers(args: argparse.Namespace) -> int:
     from meteovision.pipeline.explain.filters import conv_layers, default_size
 
     model = load_inference_model(args.checkpoint)
-    layers = conv_layers(model.net, int(model.meta["in_channels"]), args.size or default_size(model))
+    layers = conv_layers(model.net, model.meta.in_channels, args.size or default_size(model))
     width = max(len("layer"), *(len(info.name) for info in layers))
     print(f"{model.application} / {model.model_name}: {len(layers)} convolution layers")
     print(f"{'depth':>5}  {'layer':<{width}}  {'in':>5}  {'out':>5}  {'kernel':>6}  {'scale':>6}  part")

@@ -34,10 +34,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
+from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel, load_inference_model
 from meteovision.pipeline.inference.atomic import atomic_write
-from meteovision.pipeline.inference.outputs import task_kind_of
 
 log = logging.getLogger(__name__)
 
@@ -410,9 +410,9 @@ def _safe_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "layer"
 
 
-def channel_names_of(meta: dict[str, Any], count: int) -> list[str]:
+def channel_names_of(meta: CheckpointMetadata, count: int) -> list[str]:
     """The checkpoint's input channel names, or ``channel0..`` when it records none that fit."""
-    names = [str(n) for n in meta.get("channel_names") or []]
+    names = list(meta.channel_names)
     return names if len(names) == count else [f"channel{i}" for i in range(count)]
 
 
@@ -473,7 +473,7 @@ def save_filter_result(result: FilterResult, path: Path) -> Path:
 
 def default_size(model: InferenceModel) -> int:
     """Input side to trace and visualise a checkpoint at: a classifier's image size, else 64."""
-    if task_kind_of(model.meta) == "classification":
+    if model.meta.task_kind is TaskKind.CLASSIFICATION:
         from meteovision.pipeline.inference.images import image_size_of
 
         return image_size_of(model)
@@ -496,7 +496,7 @@ def explain_filters(
     The files are ``filters_<layer>.png`` and ``.npz`` in ``out_dir``.
     """
     settings = settings or AscentSettings()
-    in_channels = int(model.meta["in_channels"])
+    in_channels = model.meta.in_channels
     layers = conv_layers(model.net, in_channels, size)
     info = resolve_layer(layers, layer)
     if info.part == "unused":
@@ -520,7 +520,7 @@ def explain_for_report(ckpt: Path, out_dir: Path) -> list[Path]:
     """Filter grids of the first and last encoder convolutions (8 filters each, 48 steps): the PNGs."""
     model = load_inference_model(ckpt)
     size = default_size(model)
-    first, last = encoder_ends(conv_layers(model.net, int(model.meta["in_channels"]), size))
+    first, last = encoder_ends(conv_layers(model.net, model.meta.in_channels, size))
     settings = AscentSettings(steps=48)
     return [explain_filters(model, info.name, None, out_dir, size, settings, seed=0, default_count=8)[0]
             for info in dict.fromkeys([first, last])]

@@ -20,7 +20,6 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +28,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import SeriesError
-from meteovision.pipeline.checkpoints.loading import InferenceModel
+from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel
 from meteovision.pipeline.explain.filters import (
     ExplainError,
     channel_names_of,
@@ -49,7 +49,6 @@ from meteovision.pipeline.inference.inputs import (
     read_frames,
     utc_datetime,
 )
-from meteovision.pipeline.inference.outputs import task_kind_of
 from meteovision.pipeline.inference.products import Product, ProductVariable, Provenance, product_filename
 
 log = logging.getLogger(__name__)
@@ -177,23 +176,22 @@ class SaliencyResult:
     paths: tuple[Path, ...]
 
 
-def output_names(meta: dict[str, Any]) -> list[str]:
+def output_names(meta: CheckpointMetadata) -> list[str]:
     """Names of the network's raw output channels (classes, or targets), ``output0..`` when unknown."""
-    n = int(meta["out_channels"])
-    for key in ("class_names", "target_names"):
-        names = [str(v) for v in meta.get(key) or []]
+    n = meta.out_channels
+    for names in (meta.class_names, meta.target_names):
         if len(names) == n:
-            return names
+            return list(names)
     return [f"output{k}" for k in range(n)]
 
 
-def output_description(meta: dict[str, Any], k: int) -> str:
+def output_description(meta: CheckpointMetadata, k: int) -> str:
     """What raw output channel ``k`` is: a logit (segmentation, classification) or a normalised target."""
     name = output_names(meta)[k]
-    kind = task_kind_of(meta)
-    if kind == "classification" or (kind == "segmentation" and int(meta["out_channels"]) > 1):
+    kind = meta.task_kind
+    if kind is TaskKind.CLASSIFICATION or (kind is TaskKind.SEGMENTATION and meta.out_channels > 1):
         return f"logit of class {name!r}"
-    if kind == "segmentation":
+    if kind is TaskKind.SEGMENTATION:
         return f"logit of {name!r}"
     return f"{name!r} in normalised target units"
 
@@ -209,9 +207,9 @@ def _window(model: InferenceModel, paths: Sequence[Path], spec: InputSpec) -> tu
     the latest time, at the checkpoint's step. Only the frames that window can use are kept
     while the files are read, so a folder of a whole day costs the memory of N frames.
     """
-    nowcast = task_kind_of(model.meta) == "nowcast"
-    n_in = int(model.meta.get("num_input_frames") or 1) if nowcast else 1
-    step_minutes = float(model.meta.get("time_step_minutes") or 0.0)
+    nowcast = model.meta.task_kind is TaskKind.NOWCAST
+    n_in = model.meta.num_input_frames if nowcast else 1
+    step_minutes = model.meta.time_step_minutes or 0.0
     if nowcast and not step_minutes > 0:
         raise ExplainError(f"{model.path}: the nowcast checkpoint records no time_step_minutes")
     step = np.timedelta64(round(step_minutes * 60e9), "ns")
@@ -337,7 +335,7 @@ def explain_saliency(
     if not files:
         raise ExplainError(f"no input file in {[str(p) for p in inputs]}")
     out_dir = Path(out_dir)
-    if task_kind_of(model.meta) == "classification":
+    if model.meta.task_kind is TaskKind.CLASSIFICATION:
         return _classifier_saliency(model, files, out_dir, region, output_channel)
     spec = InputSpec.from_meta(model.meta, ignore_grid_spacing)
     frames, physical = _window(model, files, spec)

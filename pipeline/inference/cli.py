@@ -73,7 +73,7 @@ def _error(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the prediction; return the exit code."""
     from meteovision.pipeline.checkpoints.loading import load_inference_model
-    from meteovision.pipeline.inference.predict import Outcome, PredictReport, PredictSettings, run_prediction
+    from meteovision.pipeline.inference.predict import Outcome, PredictReport, PredictSettings, Status, run_prediction
 
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     try:
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return int(ExitCode.OUTPUT_UNWRITABLE)
     except MeteovisionError as err:
         return _error(str(err))
-    absent = tuple(Outcome(str(p), "failed", inputs=(p,), reason=f"{p}: no such file, folder or match")
+    absent = tuple(Outcome(str(p), Status.FAILED, inputs=(p,), reason=f"{p}: no such file, folder or match")
                    for p in missing)
     report = PredictReport(absent) + report
     for outcome in report.failed:

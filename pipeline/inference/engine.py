@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError, InferenceModel
 from meteovision.pipeline.exit_codes import ExitCode
@@ -27,7 +29,6 @@ from meteovision.pipeline.inference.inputs import (
 from meteovision.pipeline.inference.outputs import (
     OUTPUT_FORMATS,
     physical_outputs,
-    task_kind_of,
 )
 from meteovision.pipeline.inference.tiling import TilingSettings, predict_domain
 
@@ -41,15 +42,25 @@ __all__ = [
     "PredictError",
     "PredictReport",
     "PredictSettings",
+    "Status",
     "cpu_has_native_bf16",
     "infer_field",
     "prepare_model",
 ]
 
-Status = Literal["written", "skipped", "failed"]
+
+
+class Status(StrEnum):
+    """What became of one unit of work (a StrEnum: written as its plain value in JSON summaries)."""
+
+    WRITTEN = "written"
+    SKIPPED = "skipped"  # its output exists already
+    FAILED = "failed"  # with the reason in the outcome
+
+
 #: Errors that fail one unit of work (reported) instead of the whole run.
 UNIT_ERRORS: tuple[type[Exception], ...] = (MeteovisionError, OSError)
-ANALYSIS_KINDS = ("segmentation", "regression")
+ANALYSIS_KINDS = (TaskKind.SEGMENTATION, TaskKind.REGRESSION)
 #: The network's arithmetic: ``auto`` (bf16 autocast on CUDA, float32 on the CPU), ``32`` or ``bf16``.
 Precision = Literal["auto", "32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "32", "bf16")
@@ -138,10 +149,13 @@ class Outcome:
     reason: str = ""
     error: Exception | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))  # a plain "failed" from a caller is checked too
+
     @classmethod
     def failure(cls, unit: str, error: Exception, inputs: Sequence[Path] = ()) -> Outcome:
         log.error("%s failed: %s", unit, error)
-        return cls(unit, "failed", (), tuple(inputs), str(error), error)
+        return cls(unit, Status.FAILED, (), tuple(inputs), str(error), error)
 
 
 @dataclass(frozen=True)
@@ -154,19 +168,19 @@ class PredictReport:
         return PredictReport(self.outcomes + other.outcomes)
 
     def _with(self, status: Status) -> tuple[Outcome, ...]:
-        return tuple(o for o in self.outcomes if o.status == status)
+        return tuple(o for o in self.outcomes if o.status is status)
 
     @property
     def written(self) -> tuple[Outcome, ...]:
-        return self._with("written")
+        return self._with(Status.WRITTEN)
 
     @property
     def skipped(self) -> tuple[Outcome, ...]:
-        return self._with("skipped")
+        return self._with(Status.SKIPPED)
 
     @property
     def failed(self) -> tuple[Outcome, ...]:
-        return self._with("failed")
+        return self._with(Status.FAILED)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -220,7 +234,7 @@ def prepare_model(model: InferenceModel, settings: PredictSettings) -> TilingSet
     if autocast_dtype is not None and not settings.on_cuda and not cpu_has_native_bf16():
         log.warning("precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): emulated, "
                     "likely slower than float32")
-    divisibility = int(model.meta.get("divisibility") or 1)
+    divisibility = model.meta.network.divisibility
     overrides: dict[str, Any] = {
         "batch_size": settings.batch_size,
         "device": settings.device,
@@ -256,15 +270,15 @@ def infer_field(
 def run_config(model: InferenceModel, settings: PredictSettings, tiling: TilingSettings) -> dict[str, Any]:
     """What the products record as their configuration (with the checkpoint's sha256 and inputs)."""
     meta = model.meta
-    kind = task_kind_of(meta)
+    kind = meta.task_kind
     stats = model.input_stats()
     config: dict[str, Any] = {
         "checkpoint": model.path.name,
-        "task_kind": kind,
+        "task_kind": kind.value,
         "model_name": model.model_name,
-        "model_settings": meta.get("model_settings") or {},
-        "input_variables": list(meta.get("input_variables") or []),
-        "input_units": list(meta.get("channel_units") or []),
+        "model_settings": dict(meta.network.model_settings),
+        "input_variables": list(meta.input_variables),
+        "input_units": list(meta.channel_units),
         "input_transforms": list(stats.transforms) if stats is not None else [],
         "tiling": {
             "tile_size": tiling.tile_size, "overlap": tiling.overlap, "blend": tiling.blend,
@@ -273,22 +287,22 @@ def run_config(model: InferenceModel, settings: PredictSettings, tiling: TilingS
         },
         "precision": settings.precision_used,  # what ran: "32" or "bf16" (autocast)
         "precision_requested": settings.precision,
-        "training_versions": meta.get("versions") or {},
+        "training_versions": dict(meta.versions),
     }
-    if kind == "segmentation":
+    if kind is TaskKind.SEGMENTATION:
         config["threshold"] = settings.threshold
-    if kind == "nowcast":
-        config["num_input_frames"] = meta.get("num_input_frames")
-        config["time_step_minutes"] = meta.get("time_step_minutes")
+    if kind is TaskKind.NOWCAST:
+        config["num_input_frames"] = meta.num_input_frames
+        config["time_step_minutes"] = meta.time_step_minutes
     return config
 
 
-def require_kind(model: InferenceModel, kinds: Sequence[str], what: str) -> None:
+def require_kind(model: InferenceModel, kinds: Sequence[TaskKind], what: str) -> None:
     """Refuse a checkpoint of another task kind before any file is read."""
-    kind = task_kind_of(model.meta)
+    kind = model.meta.task_kind
     if kind not in kinds:
-        raise PredictError(f"{model.path}: a {kind!r} checkpoint cannot run in {what} "
-                           f"(it takes {list(kinds)})")
+        raise PredictError(f"{model.path}: a {kind.value!r} checkpoint cannot run in {what} "
+                           f"(it takes {[k.value for k in kinds]})")
 
 
 def ensure_output_folder(settings: PredictSettings) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256
 from meteovision.pipeline.inference.atomic import atomic_write
@@ -75,13 +76,13 @@ def sidecar_path(path: Path) -> Path:
 def _spec(model: InferenceModel) -> Any:
     from meteovision.models import get_model_spec
 
-    return get_model_spec(model.model_name, **dict(model.meta.get("model_settings") or {}))
+    return get_model_spec(model.model_name, **dict(model.meta.network.model_settings))
 
 
 def shapes(model: InferenceModel) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """(trace shape, check shape): non-square, the check one off the model's spatial multiple."""
-    c = int(model.meta["in_channels"])
-    d = max(int(model.meta.get("divisibility") or 1), _MIN_SIDE)
+    c = model.meta.in_channels
+    d = max(model.meta.network.divisibility, _MIN_SIDE)
     return (1, c, 2 * d, 3 * d), (2, c, 2 * d + 7, 3 * d - 5)
 
 
@@ -145,14 +146,14 @@ def _run_torchscript(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _output_meaning(model: InferenceModel) -> str:
-    kind = str(model.meta.get("task_kind"))
-    if kind == "segmentation":
-        if int(model.meta["out_channels"]) == 1:
+    kind = model.meta.task_kind
+    if kind is TaskKind.SEGMENTATION:
+        if model.meta.out_channels == 1:
             return "logit of the positive class: probability = sigmoid(output)"
         return "class logits: probabilities = softmax over the channel axis"
-    if kind == "classification":
+    if kind is TaskKind.CLASSIFICATION:
         return "class logits: probabilities = softmax over the channel axis (class_names order)"
-    clamp = "; then clamp at 0" if kind == "regression" else ""
+    clamp = "; then clamp at 0" if kind is TaskKind.REGRESSION else ""
     return ("values in the target space: physical = inverse transform of (output * std + mean) with "
             f"target_normalization{clamp}")
 
@@ -168,42 +169,42 @@ def export_metadata(model: InferenceModel, fmt: str, path: Path, dynamic: bool,
         "sha256": file_sha256(path),
         "opset": OPSET if fmt == "onnx" else None,
         "application": model.application,
-        "task_kind": meta.get("task_kind"),
+        "task_kind": meta.task_kind.value,
         "model_name": model.model_name,
-        "model_settings": meta.get("model_settings") or {},
+        "model_settings": dict(meta.network.model_settings),
         "checkpoint": model.path.name,
         "checkpoint_sha256": model.sha256,
         "input": {
             "name": INPUT_NAME,
             "layout": "NCHW",
             "dtype": "float32",
-            "channels": int(meta["in_channels"]),
-            "channel_names": meta.get("channel_names") or [],
-            "channel_units": meta.get("channel_units") or [],
-            "input_variables": meta.get("input_variables") or [],
-            "num_input_frames": meta.get("num_input_frames"),
-            "time_step_minutes": meta.get("time_step_minutes"),
-            "grid_spacing_m": meta.get("grid_spacing_m"),
+            "channels": meta.in_channels,
+            "channel_names": list(meta.channel_names),
+            "channel_units": list(meta.channel_units),
+            "input_variables": list(meta.input_variables),
+            "num_input_frames": meta.num_input_frames,
+            "time_step_minutes": meta.time_step_minutes,
+            "grid_spacing_m": meta.grid_spacing_m,
             "dynamic_axes": axes,
-            "normalization": meta.get("normalization"),
+            "normalization": meta.normalization.to_dict() if meta.normalization else None,
             "preprocessing": ("per channel: transform, then (x - mean) / std with the normalization "
                               "statistics "
                               "(stacked time steps repeat them, frame-major); NaN (nodata) -> fill_value"),
         },
         "output": {
             "name": OUTPUT_NAME,
-            "channels": int(meta["out_channels"]),
-            "names": meta.get("target_names") or [],
-            "units": meta.get("target_units") or [],
-            "class_names": meta.get("class_names"),
+            "channels": meta.out_channels,
+            "names": list(meta.target_names),
+            "units": list(meta.target_units),
+            "class_names": list(meta.class_names) or None,
             "meaning": _output_meaning(model),
-            "target_normalization": meta.get("target_normalization"),
-            "num_output_frames": meta.get("num_output_frames"),
+            "target_normalization": meta.target_normalization.to_dict() if meta.target_normalization else None,
+            "num_output_frames": meta.num_output_frames,
         },
         "parity": {"input_shape": list(check_shape), "max_abs_diff": max_abs_diff,
                    "tolerance": PARITY_TOLERANCE},
         "versions": package_versions(),
-        "training_versions": meta.get("versions") or {},
+        "training_versions": dict(meta.versions),
     }
 
 

@@ -28,16 +28,18 @@ import torch
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.read_guard import reading
 from meteovision.datasets.readers import open_dataset
 from meteovision.datasets.torch_datasets import resize_image
-from meteovision.pipeline.checkpoints.loading import InferenceModel, load_checkpoint
+from meteovision.pipeline.checkpoints.loading import InferenceModel
 from meteovision.pipeline.inference.atomic import atomic_write
 from meteovision.pipeline.inference.engine import (
     UNIT_ERRORS,
     Outcome,
     PredictReport,
     PredictSettings,
+    Status,
     ensure_output_folder,
     require_kind,
 )
@@ -62,21 +64,23 @@ class Image:
 
 
 def image_size_of(model: InferenceModel) -> int:
-    """The side the training resized images to: metadata, else the checkpoint's datamodule arguments."""
-    size = model.meta.get("image_size")
-    if size is None:
-        hparams = load_checkpoint(model.path).get("datamodule_hyper_parameters") or {}
-        size = hparams.get("image_size") if isinstance(hparams, dict) else None
+    """The side the training resized images to (older checkpoints: their datamodule arguments, read at load)."""
+    size = model.meta.image_size
     if size is None:
         log.warning("%s records no image size; resizing to the default %d", model.path.name,
                     DEFAULT_IMAGE_SIZE)
         return DEFAULT_IMAGE_SIZE
-    return int(size)
+    return size
+
+
+def _stats_dict(model: InferenceModel) -> dict[str, Any] | None:
+    stats = model.meta.normalization
+    return stats.to_dict() if stats is not None else None
 
 
 def class_names_of(model: InferenceModel) -> list[str]:
-    names = [str(c) for c in model.meta.get("class_names") or []]
-    n = int(model.meta["out_channels"])
+    names = list(model.meta.class_names)
+    n = model.meta.out_channels
     return names if len(names) == n else [f"class{i}" for i in range(n)]
 
 
@@ -168,9 +172,9 @@ def _documents(model: InferenceModel, images: Sequence[Image], probs: np.ndarray
         "checkpoint_sha256": model.sha256,
         "class_names": classes,
         "config": {"image_size": size, "device": settings.device, "batch_size": settings.batch_size,
-                   "precision": settings.precision_used, "normalization": model.meta.get("normalization")},
+                   "precision": settings.precision_used, "normalization": _stats_dict(model)},
         "package_versions": default_package_versions(),
-        "training_versions": model.meta.get("versions") or {},
+        "training_versions": dict(model.meta.versions),
         "images": rows,
     }
     return buffer.getvalue(), json.dumps(doc, indent=1, sort_keys=True) + "\n"
@@ -185,7 +189,7 @@ def predict_images(
     model: InferenceModel, paths: Iterable[str | Path], settings: PredictSettings
 ) -> PredictReport:
     """Classify every image; one CSV and one JSON for all of them (existing ones kept unless overwrite)."""
-    require_kind(model, ("classification",), "predict_images")
+    require_kind(model, (TaskKind.CLASSIFICATION,), "predict_images")
     if settings.format != "netcdf" or settings.quicklook:
         log.info("classification writes CSV and JSON tables; --format and --quicklook do not apply")
     ensure_output_folder(settings)
@@ -204,7 +208,7 @@ def predict_images(
     if not settings.overwrite and _valid(csv_path, json_path, len(images)):
         log.info("%s exists, skipped", csv_path.name)
         outcomes.extend(
-            Outcome(img.path.name, "skipped", (csv_path, json_path), (img.path,), "output exists")
+            Outcome(img.path.name, Status.SKIPPED, (csv_path, json_path), (img.path,), "output exists")
             for img in images
         )
         return PredictReport(tuple(outcomes))
@@ -220,6 +224,6 @@ def predict_images(
         return PredictReport(tuple(outcomes))
     log.info("wrote %s and %s (%d images)", csv_path, json_path, len(images))
     outcomes.extend(
-        Outcome(img.path.name, "written", (csv_path, json_path), (img.path,)) for img in images
+        Outcome(img.path.name, Status.WRITTEN, (csv_path, json_path), (img.path,)) for img in images
     )
     return PredictReport(tuple(outcomes))

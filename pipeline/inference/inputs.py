@@ -11,11 +11,10 @@ import glob
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -23,7 +22,7 @@ import xarray as xr
 from meteovision.datasets.errors import MissingVariableError
 from meteovision.datasets.read_guard import reading
 from meteovision.datasets.readers import open_dataset
-from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError
+from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, CheckpointMismatchError
 from meteovision.pipeline.inference.products import ProductGrid
 
 log = logging.getLogger(__name__)
@@ -95,19 +94,19 @@ class InputSpec:
     ignore_grid_spacing: bool = False
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any], ignore_grid_spacing: bool = False) -> InputSpec:
-        """The expectations written in a checkpoint's metadata (``checkpoints.checkpoint_metadata``)."""
-        variables = tuple(str(v) for v in meta.get("input_variables") or ())
+    def from_meta(cls, meta: CheckpointMetadata, ignore_grid_spacing: bool = False) -> InputSpec:
+        """The expectations written in a checkpoint's metadata (``checkpoints.metadata``)."""
+        variables = meta.input_variables
         if not variables:
             raise CheckpointMismatchError(
-                f"checkpoint of {meta.get('application')!r} records no input_variables; it cannot say "
+                f"checkpoint of {meta.application!r} records no input_variables; it cannot say "
                 "which variables of a file to read"
             )
-        units_all = [str(u) for u in meta.get("channel_units") or ()]
+        units_all = meta.channel_units
         # Stacked time steps are frame-major, so the first len(variables) units are the variables' units.
         units = tuple(units_all[: len(variables)]) if len(units_all) >= len(variables) else None
-        spacing = meta.get("grid_spacing_m")
-        return cls(variables, units, None if spacing is None else float(spacing), ignore_grid_spacing)
+        spacing = meta.grid_spacing_m
+        return cls(variables, units, spacing, ignore_grid_spacing)
 
 
 @dataclass(frozen=True, eq=False)

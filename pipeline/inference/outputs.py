@@ -33,8 +33,9 @@ import rasterio.errors
 from scipy.special import expit, softmax
 
 from meteovision.core.applications import APPLICATIONS
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.pipeline.checkpoints.loading import InferenceModel
+from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, InferenceModel
 from meteovision.pipeline.inference.atomic import is_valid_netcdf
 from meteovision.pipeline.inference.inputs import utc_datetime
 from meteovision.pipeline.inference.products import (
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 OutputFormat = Literal["netcdf", "geotiff"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 SUFFIXES: dict[str, str] = {"netcdf": ".nc", "geotiff": ".tif"}
-GRIDDED_KINDS = ("segmentation", "nowcast", "regression")
+GRIDDED_KINDS = tuple(kind for kind in TaskKind if kind.is_gridded)
 
 
 
@@ -84,49 +85,36 @@ def _token(text: str) -> str:
     return name
 
 
-def task_kind_of(meta: Mapping[str, Any]) -> str:
-    """The checkpoint's task kind: segmentation, nowcast, regression or classification."""
-    return str(meta.get("task_kind") or "")
+def _binary(meta: CheckpointMetadata) -> bool:
+    return meta.out_channels == 1
 
 
-def _binary(meta: Mapping[str, Any]) -> bool:
-    return int(meta["out_channels"]) == 1
-
-
-def _thing(meta: Mapping[str, Any]) -> str:
+def _thing(meta: CheckpointMetadata) -> str:
     """What a segmentation masks, from its target name: ``bow_echo_mask`` -> ``bow_echo``."""
-    targets = list(meta.get("target_names") or [])
-    base = str(targets[0]) if targets else str(meta.get("application", "segment"))
+    base = meta.target_names[0] if meta.target_names else meta.application
     return _token(base.removesuffix("_mask"))
 
 
-def _mask_meanings(meta: Mapping[str, Any], thing: str) -> tuple[str, str]:
+def _mask_meanings(meta: CheckpointMetadata, thing: str) -> tuple[str, str]:
     """flag_meanings (0, 1) of a binary mask: the application table's, so products say what the training
     targets said; ``no_<thing> <thing>`` for an application outside the table."""
-    app = APPLICATIONS.get(str(meta.get("application") or ""))
+    app = APPLICATIONS.get(meta.application or "")
     if app is not None and app.flags is not None and len(app.flags.meanings) == 2:
         return app.flags.meanings[0], app.flags.meanings[1]
     return f"no_{thing}", thing
 
 
-def _class_names(meta: Mapping[str, Any]) -> list[str]:
-    n = int(meta["out_channels"])
-    names = list(meta.get("class_names") or [])
+def _class_names(meta: CheckpointMetadata) -> list[str]:
+    n = meta.out_channels
+    names = list(meta.class_names)
     if len(names) != n:
         names = [f"class{i}" for i in range(n)]
-    return [_token(str(c)) for c in names]
+    return [_token(c) for c in names]
 
 
-def _variables_per_step(meta: Mapping[str, Any]) -> list[str]:
-    """Physical variables of a nowcast (its input variables) or a regression (its targets)."""
-    if task_kind_of(meta) == "nowcast":
-        return [str(v) for v in meta.get("input_variables") or []]
-    return [str(v) for v in meta.get("target_names") or []]
-
-
-def _units_per_variable(meta: Mapping[str, Any]) -> list[str]:
-    names = _variables_per_step(meta)
-    units = [str(u) for u in meta.get("target_units") or []]
+def _units_per_variable(meta: CheckpointMetadata) -> list[str]:
+    names = meta.variables_per_step
+    units = list(meta.target_units)
     return units[: len(names)] if len(units) >= len(names) else ["1"] * len(names)
 
 
@@ -136,38 +124,24 @@ def _quantity(variable: str, units: str) -> Quantity | None:
     return q if q is not None and q.units == units else None
 
 
-def num_lead_times(meta: Mapping[str, Any]) -> int:
-    """M, the lead times of a nowcast checkpoint."""
-    per_step = max(len(_variables_per_step(meta)), 1)
-    given = meta.get("num_output_frames")
-    return int(given) if given else int(meta["out_channels"]) // per_step
-
-
-def lead_times(meta: Mapping[str, Any]) -> tuple[timedelta, ...]:
-    """Lead times of a nowcast checkpoint: 1..M nominal steps."""
-    step = meta.get("time_step_minutes")
-    if not step:
-        raise OutputError(f"nowcast checkpoint of {meta.get('application')!r} records no time_step_minutes")
-    return tuple(timedelta(minutes=float(step) * (m + 1)) for m in range(num_lead_times(meta)))
-
-
-def variable_names(meta: Mapping[str, Any]) -> list[str]:
+def variable_names(meta: CheckpointMetadata) -> list[str]:
     """Names of the product variables a checkpoint's outputs become, in order."""
-    kind = task_kind_of(meta)
-    if kind == "segmentation":
+    kind = meta.task_kind
+    if kind is TaskKind.SEGMENTATION:
         thing = _thing(meta)
         if _binary(meta):
             return [f"{thing}_probability", f"{thing}_mask"]
         return [f"probability_{c}" for c in _class_names(meta)] + [f"{thing}_class"]
-    if kind in ("nowcast", "regression"):
+    if kind in (TaskKind.NOWCAST, TaskKind.REGRESSION):
         out = []
-        for variable, units in zip(_variables_per_step(meta), _units_per_variable(meta), strict=True):
+        for variable, units in zip(meta.variables_per_step, _units_per_variable(meta), strict=True):
             q = _quantity(variable, units)
             out.append(q.product_name if q is not None else _token(variable.lower()))
         if len(set(out)) != len(out):
-            raise OutputError(f"outputs {_variables_per_step(meta)} map to repeated product names {out}")
+            raise OutputError(f"outputs {list(meta.variables_per_step)} map to repeated product names {out}")
         return out
-    raise OutputError(f"task kind {kind!r} has no gridded product (gridded kinds: {GRIDDED_KINDS})")
+    raise OutputError(f"task kind {kind.value!r} has no gridded product "
+                      f"(gridded kinds: {[k.value for k in GRIDDED_KINDS]})")
 
 
 def physical_outputs(model: InferenceModel, raw: np.ndarray) -> np.ndarray:
@@ -178,21 +152,21 @@ def physical_outputs(model: InferenceModel, raw: np.ndarray) -> np.ndarray:
     fractions to 0..1 (a regression target is always clamped at 0).
     """
     meta = model.meta
-    kind = task_kind_of(meta)
-    if kind == "segmentation":
+    kind = meta.task_kind
+    if kind is TaskKind.SEGMENTATION:
         probs = expit(raw) if raw.shape[0] == 1 else softmax(raw, axis=0)
         return np.asarray(probs, dtype=np.float32)
-    if kind not in ("nowcast", "regression"):
-        raise OutputError(f"task kind {kind!r} has no gridded output")
+    if kind not in (TaskKind.NOWCAST, TaskKind.REGRESSION):
+        raise OutputError(f"task kind {kind.value!r} has no gridded output")
     stats = model.target_stats()
     out = stats.denormalize(raw, channel_axis=0) if stats is not None else raw.astype(np.float32)
-    variables = _variables_per_step(meta)
+    variables = meta.variables_per_step
     units = _units_per_variable(meta)
     n = max(len(variables), 1)
     for v, (variable, unit) in enumerate(zip(variables, units, strict=True)):
         q = _quantity(variable, unit)
         lo, hi = q.bounds if q is not None and q.bounds is not None else (-math.inf, math.inf)
-        if kind == "regression":
+        if kind is TaskKind.REGRESSION:
             lo = max(lo, 0.0)
         if math.isfinite(lo) or math.isfinite(hi):
             np.clip(out[v::n], lo, hi, out=out[v::n])
@@ -200,12 +174,12 @@ def physical_outputs(model: InferenceModel, raw: np.ndarray) -> np.ndarray:
 
 
 def product_variables(
-    meta: Mapping[str, Any], outputs: np.ndarray, threshold: float
+    meta: CheckpointMetadata, outputs: np.ndarray, threshold: float
 ) -> tuple[ProductVariable, ...]:
     """Product variables from ``physical_outputs`` (NaN = nodata), named as :func:`variable_names` says."""
-    kind = task_kind_of(meta)
+    kind = meta.task_kind
     names = variable_names(meta)
-    if kind == "segmentation":
+    if kind is TaskKind.SEGMENTATION:
         thing = _thing(meta)
         label = thing.replace("_", " ")
         nodata = np.isnan(outputs).any(axis=0)
@@ -223,12 +197,12 @@ def product_variables(
         probs = tuple(ProductVariable.probability(outputs[k], names[k], f"probability of class {c}")
                       for k, c in enumerate(classes))
         return (*probs, ProductVariable.classes(index, names[-1], f"most probable {label} class", classes))
-    variables = _variables_per_step(meta)
+    variables = meta.variables_per_step
     units = _units_per_variable(meta)
     n = len(variables)
     out = []
     for v, (variable, unit, name) in enumerate(zip(variables, units, names, strict=True)):
-        data = outputs[v::n] if kind == "nowcast" else outputs[v]
+        data = outputs[v::n] if kind is TaskKind.NOWCAST else outputs[v]
         q = _quantity(variable, unit)
         if q is not None:
             out.append(q.make(data, name))
@@ -247,14 +221,14 @@ def output_path(model: InferenceModel, reference_time: np.datetime64, fmt: str, 
     return Path(output_dir) / name
 
 
-def has_valid_output(path: Path, fmt: str, meta: Mapping[str, Any]) -> bool:
+def has_valid_output(path: Path, fmt: str, meta: CheckpointMetadata) -> bool:
     """True when ``path`` already holds this checkpoint's product (all variables readable)."""
     if not path.is_file():
         return False
     names = variable_names(meta)
     if fmt == "netcdf":
         return is_valid_netcdf(path, names)
-    steps = num_lead_times(meta) if task_kind_of(meta) == "nowcast" else 1
+    steps = meta.num_lead_times if meta.task_kind is TaskKind.NOWCAST else 1
     try:
         with rasterio.open(path) as src:
             if src.count != steps * len(names):
@@ -277,7 +251,7 @@ def build_product(
     institution: str,
 ) -> Product:
     """A :class:`Product` with this checkpoint's provenance."""
-    kind = task_kind_of(model.meta)
+    kind = model.meta.task_kind.value
     provenance = Provenance(
         application=model.application,
         model_name=model.model_name,

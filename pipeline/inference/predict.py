@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import GridMismatchError, SeriesError
 from meteovision.pipeline.checkpoints.loading import InferenceModel
 from meteovision.pipeline.inference.engine import (
@@ -48,6 +49,7 @@ from meteovision.pipeline.inference.engine import (
     PredictError,
     PredictReport,
     PredictSettings,
+    Status,
     cpu_has_native_bf16,
     ensure_output_folder,
     infer_field,
@@ -70,10 +72,8 @@ from meteovision.pipeline.inference.inputs import (
 from meteovision.pipeline.inference.outputs import (
     build_product,
     has_valid_output,
-    lead_times,
     output_path,
     product_variables,
-    task_kind_of,
     write_product,
 )
 from meteovision.pipeline.inference.tiling import TilingSettings
@@ -89,6 +89,7 @@ __all__ = [
     "PredictError",
     "PredictReport",
     "PredictSettings",
+    "Status",
     "cpu_has_native_bf16",
     "infer_field",
     "predict_file",
@@ -127,12 +128,12 @@ def _write_unit(
     reference = frames[-1]
     outputs = infer_field(model, physical, tiling, nodata)
     variables = product_variables(meta, outputs, settings.threshold)
-    leads = lead_times(meta) if task_kind_of(meta) == "nowcast" else None
+    leads = meta.lead_times if meta.task_kind is TaskKind.NOWCAST else None
     inputs = [f.path for f in frames]
     product = build_product(model, variables, reference.grid, reference.time, leads, inputs, config,
                             settings.institution)
     written = write_product(product, target, settings.format, settings.overwrite, settings.quicklook)
-    return Outcome(unit, "written", tuple(written), tuple(inputs))
+    return Outcome(unit, Status.WRITTEN, tuple(written), tuple(inputs))
 
 
 def _skip(
@@ -141,7 +142,7 @@ def _skip(
     if settings.overwrite or not has_valid_output(target, settings.format, model.meta):
         return None
     log.info("%s: %s exists, skipped (use overwrite to replace it)", unit, target.name)
-    return Outcome(unit, "skipped", (target,), tuple(inputs), "output exists")
+    return Outcome(unit, Status.SKIPPED, (target,), tuple(inputs), "output exists")
 
 
 # ---------------------------------------------------------------------------- analyses
@@ -233,13 +234,13 @@ def predict_sequence(
     and reported. A series whose step does not divide the checkpoint's step is refused as a
     whole (:class:`InputMismatchError`).
     """
-    require_kind(model, ("nowcast",), "predict_sequence")
+    require_kind(model, (TaskKind.NOWCAST,), "predict_sequence")
     meta = model.meta
-    n_in = int(meta.get("num_input_frames") or 1)
-    step_minutes = meta.get("time_step_minutes")
-    if not step_minutes:
+    n_in = meta.num_input_frames
+    step_minutes = meta.time_step_minutes
+    if not step_minutes:  # refused at load already; kept for metadata built in code
         raise PredictError(f"{model.path}: the nowcast checkpoint records no time_step_minutes")
-    step = np.timedelta64(round(float(step_minutes) * 60e9), "ns")
+    step = np.timedelta64(round(step_minutes * 60e9), "ns")
     tiling, spec, config = _setup(model, settings)
     cache = FrameCache(n_in)
     outcomes: list[Outcome] = []
@@ -326,12 +327,9 @@ def run_prediction(
     model: InferenceModel, paths: Iterable[str | Path], settings: PredictSettings
 ) -> PredictReport:
     """The right engine for the checkpoint's task kind."""
-    kind = task_kind_of(model.meta)
+    kind = model.meta.task_kind
     if kind in ANALYSIS_KINDS:
         return predict_files(model, paths, settings)
-    if kind == "nowcast":
+    if kind is TaskKind.NOWCAST:
         return predict_sequence(model, paths, settings)
-    if kind == "classification":
-        return predict_images(model, paths, settings)
-    raise PredictError(f"{model.path}: task kind {kind!r} unknown; expected segmentation, nowcast, "
-                       "regression or classification")
+    return predict_images(model, paths, settings)  # TaskKind.CLASSIFICATION, the last kind

@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.checkpoints.loading import load_metadata
 from meteovision.pipeline.training.tasks import MeteoTask
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def resolve_config_path(value: str) -> str:
 #: top-level checkpoint key holding the run's logger version (``{"log_version": N}``)
 RUN_KEY = "meteovision_run"
 _LAST_CKPT = re.compile(r"last(-\d+)?\.ckpt")
+#: ``--ckpt_path`` values Lightning resolves to a file of its own run
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
 def _latest_version(root: Path) -> int | None:
@@ -103,16 +106,43 @@ class MeteoCLI(LightningCLI):
     """LightningCLI with the meteovision conventions above."""
 
     def before_fit(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
 
     def before_validate(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
 
     def before_test(self) -> None:
+        self._check_given_checkpoint()
         fix_checkpoint_dirs(self)
         self._align_run_version()
+
+    def _given_checkpoint(self) -> str | None:
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+        return ckpt if isinstance(ckpt, str) else None
+
+    def _parse_ckpt_path(self) -> None:
+        """Read ``--ckpt_path`` as ``predict`` does before Lightning does, so a bad file gets the same refusal.
+
+        Missing, empty, truncated, foreign or unsafe (a pickled Python object) checkpoints raise a
+        :class:`~meteovision.pipeline.checkpoints.metadata.CheckpointError` naming the file and why,
+        which ``run_argv`` prints as one line with exit status 2, instead of torch's traceback.
+        """
+        ckpt = self._given_checkpoint()
+        if ckpt is not None and ckpt not in _LIGHTNING_CKPT_NAMES:
+            load_metadata(ckpt)
+        super()._parse_ckpt_path()
+
+    def _check_given_checkpoint(self) -> None:
+        """``--ckpt_path last``: the same check on the file it resolves to (known once the trainer exists)."""
+        if self._given_checkpoint() == "last":
+            path = _newest_last_checkpoint(Path(self.trainer.default_root_dir) / "checkpoints")
+            if path is not None:
+                load_metadata(path)
 
     def _resumed_checkpoint(self) -> Path | None:
         """The checkpoint a ``fit`` resumes from when it lies under this run's ``default_root_dir``."""

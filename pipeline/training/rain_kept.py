@@ -5,11 +5,11 @@ A mask that flags every echo scores a perfect artefact POD; this metric shows th
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 
 
 class RainKept(Metric):
@@ -34,9 +34,9 @@ class RainKept(Metric):
         return {"rain_kept": share, "n": self.total}
 
 
-def channel_of(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
+def channel_of(inputs: Tensor, meta: CheckpointMetadata, name: str) -> Tensor:
     """Channel ``name`` of ``inputs`` [B, C, H, W], by the checkpoint metadata's channel names."""
-    names = list(meta.get("channel_names") or [])
+    names = list(meta.channel_names)
     if name not in names:
         raise KeyError(f"rain_kept_channel '{name}' is not an input channel; inputs are {names}")
     return inputs[:, names.index(name)]

@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from meteovision.datasets.normalization import NormalizationStats
+from meteovision.core.task_kinds import TaskKind
 from meteovision.models import get_model_spec
 from meteovision.pipeline.checkpoints.loading import (
     CHECKPOINT_KEY,
-    CheckpointMismatchError,
+    CheckpointMetadata,
+    NetworkMetadata,
     check_data_matches,
     checkpoint_metadata,
 )
@@ -67,7 +68,7 @@ def _json_safe(value: Any) -> Any:
 class MeteoTask(L.LightningModule):
     """Shared machinery: model construction, optimiser, checkpoint metadata, test report."""
 
-    task_kind: ClassVar[str] = "dense"
+    task_kind: ClassVar[TaskKind]
     default_loss: ClassVar[dict[str, Any]] = {"name": "mse"}
 
     def __init__(
@@ -100,8 +101,7 @@ class MeteoTask(L.LightningModule):
         # check the model name and settings now, not after the data has been read and normalised
         get_model_spec(self.model_name, **self.model_settings)
         self.net: nn.Module | None = None
-        self.data_meta: dict[str, Any] = {}
-        self._stats_cache: dict[str, NormalizationStats | None] = {}
+        self.data_meta: CheckpointMetadata | None = None  # set by configure_model or a loaded checkpoint
         if in_channels is not None and out_channels is not None:
             self._build_net(in_channels, out_channels)
 
@@ -109,18 +109,13 @@ class MeteoTask(L.LightningModule):
     nowcast_head: str = "direct"
     max_speed: float | None = None
 
-    def network_description(self, in_channels: int, out_channels: int) -> dict[str, Any]:
+    def network_description(self, in_channels: int, out_channels: int) -> NetworkMetadata:
         """What ``build_network`` needs; also recorded in the checkpoint for inference."""
-        variables = self.hparams.get("variables_per_frame") or len(self.data_meta.get("input_variables") or []) or 1
-        return {
-            "model_name": self.model_name,
-            "model_settings": self.model_settings,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "nowcast_head": self.nowcast_head,
-            "variables_per_frame": int(variables),
-            "max_speed": self.max_speed,
-        }
+        known = len(self.data_meta.input_variables) if self.data_meta is not None else 0
+        variables = self.hparams.get("variables_per_frame") or known or 1
+        return NetworkMetadata(model_name=self.model_name, in_channels=in_channels, out_channels=out_channels,
+                               model_settings=self.model_settings, nowcast_head=self.nowcast_head,
+                               variables_per_frame=int(variables), max_speed=self.max_speed)
 
     def _build_net(self, in_channels: int, out_channels: int) -> None:
         description = self.network_description(in_channels, out_channels)
@@ -128,7 +123,7 @@ class MeteoTask(L.LightningModule):
         self.hparams["in_channels"] = in_channels
         self.hparams["out_channels"] = out_channels
         if self.nowcast_head != "direct":
-            self.hparams["variables_per_frame"] = description["variables_per_frame"]
+            self.hparams["variables_per_frame"] = description.variables_per_frame
         if self.use_channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._build_metrics()
@@ -148,7 +143,6 @@ class MeteoTask(L.LightningModule):
         # after the net is built: the metadata records its channel counts (load_inference_model needs them)
         if dm is not None and getattr(dm, "channel_names", None):
             self.data_meta = checkpoint_metadata(self, dm)
-            self._stats_cache.clear()
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.target_names)
@@ -225,23 +219,24 @@ class MeteoTask(L.LightningModule):
         if self.baseline_metrics is not None and self.baseline_name:
             baseline = get_baseline(self.baseline_name)
             physical_inputs = self.physical_inputs(batch)
-            self.update_metrics(self.baseline_metrics, baseline(physical_inputs, self.data_meta), batch)
+            self.update_metrics(self.baseline_metrics, baseline(physical_inputs, self.checkpoint_meta), batch)
 
     def physical_inputs(self, batch: Batch) -> Tensor:
         """Inputs in physical units (baselines work on those), undoing the stored normalisation."""
-        stats = self._stats("normalization")
+        stats = self.data_meta.normalization if self.data_meta is not None else None
         return batch["inputs"] if stats is None else stats.denormalize(batch["inputs"], channel_axis=1)
 
     def to_physical_target(self, x: Tensor) -> Tensor:
         """Target-space values -> physical units (identity when targets are not normalised)."""
-        stats = self._stats("target_normalization")
+        stats = self.data_meta.target_normalization if self.data_meta is not None else None
         return x if stats is None else stats.denormalize(x, channel_axis=1)
 
-    def _stats(self, key: str) -> NormalizationStats | None:
-        if key not in self._stats_cache:
-            data = self.data_meta.get(key)
-            self._stats_cache[key] = NormalizationStats.from_dict(data) if data else None
-        return self._stats_cache[key]
+    @property
+    def checkpoint_meta(self) -> CheckpointMetadata:
+        """The metadata, known once ``configure_model`` has seen the datamodule or a checkpoint was loaded."""
+        if self.data_meta is None:
+            raise RuntimeError(f"{type(self).__name__}: no checkpoint metadata yet (no datamodule or checkpoint seen)")
+        return self.data_meta
 
     def on_test_epoch_end(self) -> None:
         model_scores = self.compute_metrics(self.test_metrics)
@@ -261,7 +256,7 @@ class MeteoTask(L.LightningModule):
             "baseline": self.baseline_name,
             "model_scores": model_scores,
             "baseline_scores": baseline_scores,
-            "data": self.data_meta.get("data_description", {}),
+            "data": dict(self.data_meta.data_description) if self.data_meta is not None else {},
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "test_metrics.json"
@@ -283,27 +278,23 @@ class MeteoTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.data_meta or checkpoint_metadata(self, self._datamodule())
+        meta = self.data_meta or checkpoint_metadata(self, self._datamodule())
+        checkpoint[CHECKPOINT_KEY] = meta.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get(CHECKPOINT_KEY)
-        if meta is None:
-            raise CheckpointMismatchError(
-                "this checkpoint was not written by meteovision: it has no 'meteovision' metadata"
-            )
+        meta = CheckpointMetadata.from_checkpoint_dict(checkpoint)
         dm = self._datamodule()
         if dm is not None and getattr(dm, "channel_names", None):
             check_data_matches(meta, dm)
         self.data_meta = meta
-        self._stats_cache.clear()
         if self.net is None:
-            self._build_net(int(meta["in_channels"]), int(meta["out_channels"]))
+            self._build_net(meta.in_channels, meta.out_channels)
 
 
 class SegmentationTask(MeteoTask):
     """Binary (one logit channel) or multiclass (one logit per class) masks: bow echoes, radar artefacts."""
 
-    task_kind: ClassVar[str] = "segmentation"
+    task_kind: ClassVar[TaskKind] = TaskKind.SEGMENTATION
     default_loss: ClassVar[dict[str, Any]] = {"name": "bce_dice"}
 
     def __init__(
@@ -349,7 +340,7 @@ class SegmentationTask(MeteoTask):
             _metric(metrics, "seg").update((pred >= 0.5).long().squeeze(1), target.long().squeeze(1),
                                   None if mask is None else mask.squeeze(1))
             if "rain" in metrics and self.rain_kept_channel:
-                echo = channel_of(self.physical_inputs(batch), self.data_meta, self.rain_kept_channel)
+                echo = channel_of(self.physical_inputs(batch), self.checkpoint_meta, self.rain_kept_channel)
                 true_echo = (echo >= self.rain_kept_threshold) & (target.squeeze(1) < 0.5)
                 if mask is not None:
                     true_echo &= mask.squeeze(1)
@@ -361,7 +352,7 @@ class SegmentationTask(MeteoTask):
 class NowcastTask(MeteoTask):
     """N past frames in, M future frames out; scored in physical units at every lead time."""
 
-    task_kind: ClassVar[str] = "nowcast"
+    task_kind: ClassVar[TaskKind] = TaskKind.NOWCAST
     default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
 
     def __init__(
@@ -424,7 +415,7 @@ class NowcastTask(MeteoTask):
 class RegressionTask(MeteoTask):
     """Channels to a field (sat2precip), trained with a masked loss on a zero-inflated target."""
 
-    task_kind: ClassVar[str] = "regression"
+    task_kind: ClassVar[TaskKind] = TaskKind.REGRESSION
     default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
 
     def make_metrics(self) -> nn.ModuleDict:
@@ -440,14 +431,15 @@ class RegressionTask(MeteoTask):
 class ClassificationTask(MeteoTask):
     """Image to class (webcam snow cover, visibility), cross-entropy with class weights."""
 
-    task_kind: ClassVar[str] = "classification"
+    task_kind: ClassVar[TaskKind] = TaskKind.CLASSIFICATION
     default_loss: ClassVar[dict[str, Any]] = {"name": "cross_entropy"}
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.class_names)
 
     def make_metrics(self) -> nn.ModuleDict:
-        names = self.data_meta.get("class_names") or [str(i) for i in range(int(self.hparams["out_channels"]))]
+        known = self.data_meta.class_names if self.data_meta is not None else ()
+        names = known or tuple(str(i) for i in range(int(self.hparams["out_channels"])))
         return nn.ModuleDict({"cls": ClassificationScores(num_classes=len(names), class_names=list(names))})
 
     def predictions_for_metrics(self, output: Tensor) -> Tensor:
@@ -457,9 +449,6 @@ class ClassificationTask(MeteoTask):
         _metric(metrics, "cls").update(pred, batch["target"])
 
 
-TASKS: dict[str, type[MeteoTask]] = {
-    "segmentation": SegmentationTask,
-    "nowcast": NowcastTask,
-    "regression": RegressionTask,
-    "classification": ClassificationTask,
+TASKS: dict[TaskKind, type[MeteoTask]] = {
+    task.task_kind: task for task in (SegmentationTask, NowcastTask, RegressionTask, ClassificationTask)
 }

@@ -9,19 +9,20 @@ class indices for classification.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
 
-Baseline = Callable[[Tensor, dict[str, Any]], Tensor]
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
+
+Baseline = Callable[[Tensor, CheckpointMetadata], Tensor]
 
 
-def _channel(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
+def _channel(inputs: Tensor, meta: CheckpointMetadata, name: str) -> Tensor:
     """The last channel called ``name`` (the latest frame when several times are stacked)."""
-    names: list[str] = list(meta.get("channel_names") or [])
+    names = list(meta.channel_names)
     matches = [i for i, n in enumerate(names) if n == name or n.split("@")[0] == name or n.startswith(f"{name}_")]
     if not matches:
         raise KeyError(f"baseline needs input channel '{name}', the model has {names}")
@@ -29,9 +30,9 @@ def _channel(inputs: Tensor, meta: dict[str, Any], name: str) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- nowcast
-def persistence(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def persistence(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Eulerian persistence: the last observed frame at every lead time."""
-    lead_times = int(meta.get("out_channels") or 1)
+    lead_times = meta.out_channels
     return inputs[:, -1:].repeat(1, lead_times, 1, 1)
 
 
@@ -40,7 +41,7 @@ GPI_RATE_MM_H = 3.0
 GPI_THRESHOLD_K = 235.0
 
 
-def gpi(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def gpi(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """GOES Precipitation Index (Arkin and Meisner 1987): 3 mm h-1 where the 10.8 um Tb < 235 K."""
     ir = _channel(inputs, meta, "IR_108")
     return torch.where(ir < GPI_THRESHOLD_K, GPI_RATE_MM_H, 0.0).unsqueeze(1).to(inputs.dtype)
@@ -70,7 +71,7 @@ def _is_bow(rows: np.ndarray, cols: np.ndarray) -> bool:
     return abs(float(middle - ends)) / length >= BOW_MIN_BOWING
 
 
-def bow_echo_rule(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def bow_echo_rule(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Threshold-and-shape rule: intense cores (>= 20 mm h-1) whose connected shape is a long arc."""
     rate = _channel(inputs, meta, "RATE").detach().cpu().numpy()
     out = np.zeros_like(rate, dtype=np.float32)
@@ -92,7 +93,7 @@ ECHO_DBZ = 5.0
 SPECKLE_MIN_NEIGHBOURS = 3
 
 
-def texture_filter(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def texture_filter(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Gabella-type clutter filter: high reflectivity texture (TDBZ) or isolated speckle is artefact.
 
     TDBZ is the local mean of squared differences between neighbouring echo pixels (Hubbert et al. 2009);
@@ -134,7 +135,7 @@ SNOW_PARTIAL_FRACTION = 0.15
 SNOW_FULL_FRACTION = 0.55
 
 
-def snow_rule(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def snow_rule(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Bright, grey (unsaturated) pixels in the lower half of the image are snow on the ground."""
     rgb = inputs[:, :3].clamp(0.0, 255.0)
     h = rgb.shape[-2]
@@ -152,7 +153,7 @@ def snow_rule(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
 VISIBILITY_CONTRAST_BOUNDS = (0.04, 0.10, 0.20)
 
 
-def visibility_rule(inputs: Tensor, meta: dict[str, Any]) -> Tensor:
+def visibility_rule(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Koschmieder: apparent contrast of the distant band (around the horizon) falls as exp(-3 d / V).
 
     The RMS contrast of the upper-middle band of the image is binned into the four visibility classes

@@ -35,11 +35,11 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor, nn
 
+from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets import normalization
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
-from meteovision.pipeline.inference.outputs import num_lead_times
 from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
 from meteovision.pipeline.inference.tiling import TilingSettings
 
@@ -365,9 +365,9 @@ class NetworkNowcast:
     ) -> NetworkNowcast:
         """Load a nowcast checkpoint (weights_only) and prepare it with the predict stage's settings."""
         model = load_inference_model(checkpoint)
-        require_kind(model, ("nowcast",), "a network nowcast")
-        variables = [str(v) for v in model.meta.get("input_variables") or []]
-        units = [str(u) for u in model.meta.get("channel_units") or []]
+        require_kind(model, (TaskKind.NOWCAST,), "a network nowcast")
+        variables = list(model.meta.input_variables)
+        units = list(model.meta.channel_units)
         if len(variables) != 1 or not units or units[-1] != RAIN_UNITS:
             raise NowcastError(f"{model.path}: a network nowcast takes one rain-rate variable in {RAIN_UNITS}; "
                                f"this checkpoint takes {variables} in {sorted(set(units))}")
@@ -377,11 +377,11 @@ class NetworkNowcast:
 
     @property
     def min_frames(self) -> int:
-        return int(self.model.meta.get("num_input_frames") or 1)
+        return self.model.meta.num_input_frames
 
     @property
     def trained_leads(self) -> int:
-        return num_lead_times(self.model.meta)
+        return self.model.meta.num_lead_times
 
     @property
     def extends_leads(self) -> bool:
@@ -397,7 +397,7 @@ class NetworkNowcast:
         if n_leads > m:
             net = model.net
             if not isinstance(net, AdvectionNowcast):
-                head = model.meta.get("nowcast_head") or "direct"
+                head = model.meta.network.nowcast_head
                 raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
                                    f"extrapolate to {n_leads}; only an advection/lagrangian head can")
             model = dataclasses.replace(model, net=_Extrapolating(net, n_leads))
@@ -406,7 +406,7 @@ class NetworkNowcast:
 
     def _warn_spacing(self, past: NowcastInput) -> None:
         meta = self.model.meta
-        step, spacing = meta.get("time_step_minutes"), meta.get("grid_spacing_m")
+        step, spacing = meta.time_step_minutes, meta.grid_spacing_m
         key = (past.time_step_minutes, past.pixel_size_m)
         if key in self._warned:
             return
