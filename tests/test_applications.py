@@ -29,6 +29,7 @@ from meteovision.datasets.datamodules import ClassificationDataModule
 from meteovision.datasets.errors import ReaderError
 from meteovision.datasets.synthetic import APPS, SampleSettings, generate_sample_data
 from meteovision.datasets.torch_datasets import visibility_classes
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 from meteovision.pipeline.demo import APPS as DEMO_APPS
 from meteovision.pipeline.inference.outputs import product_variables
 from tests.test_torch_datasets import event_times, write_webcam_folder
@@ -110,7 +111,8 @@ def test_mask_flags_of_training_targets_equal_the_products(name: str, target: st
     files = sorted((tmp_path / name / "targets").glob("*.nc"))
     with xr.open_dataset(files[0], mask_and_scale=False) as ds:
         written = (tuple(int(v) for v in ds[target].attrs["flag_values"]), ds[target].attrs["flag_meanings"])
-    meta = {"application": name, "task_kind": "segmentation", "out_channels": 1, "target_names": [target]}
+    meta = CheckpointMetadata.from_dict({"application": name, "task_kind": "segmentation", "model_name": "unet",
+                                         "in_channels": 1, "out_channels": 1, "target_names": [target]})
     product_mask = product_variables(meta, np.full((1, 4, 4), 0.7, dtype=np.float32), threshold=0.5)[1]
     flags = get_application(name).flags
     assert flags is not None

@@ -64,8 +64,8 @@ def reader_config(tmp_path: Path, trained: Trained, **retry: Any) -> Operational
 
 
 @pytest.mark.parametrize(("group", "name", "value", "message"), [
-    ("dataset1/data1/what", "gain", b"abc", "ValueError while reading: could not convert string to float: 'abc'"),
-    ("where", "xsize", b"1900 px", "ValueError while reading: invalid literal for int() with base 10: '1900 px'"),
+    ("dataset1/data1/what", "gain", b"abc", "attribute dataset1/data1/what/gain = 'abc' is not a number"),
+    ("where", "xsize", b"1900 px", "attribute where/xsize = '1900 px' is not a number"),
 ], ids=["gain", "xsize"])
 def test_a_bad_attribute_in_a_reader_dated_folder_is_retried_then_quarantined(
     bow: Trained, tmp_path: Path, group: str, name: str, value: bytes, message: str
@@ -114,7 +114,7 @@ def test_a_bad_real_opera_file_is_quarantined_and_never_stops_discovery(
     assert (summary.done, summary.quarantined, summary.exit_code) == (2, 1, ExitCode.PARTIAL_FAILURE)
     assert (tmp_path / "quarantine" / bad.name).is_file() and not bad.exists()
     (row,) = [r for r in ledger_rows(config) if r["label"] == bad.name]
-    assert "ValueError while reading: could not convert string to float: 'abc'" in row["last_error"]
+    assert "is not a number" in row["last_error"]
 
 
 # ----------------------------------------------------------------------------- full or read-only output
