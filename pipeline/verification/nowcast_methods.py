@@ -94,6 +94,9 @@ class NowcastInput:
     frames: np.ndarray
     time_step_minutes: float
     pixel_size_m: float
+    #: The Lucas-Kanade motion of these frames when already computed (the evaluator computes it once per
+    #: analysis time and shares it between LK, S-PROG and the mask); None = compute when needed.
+    motion: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames, dtype=np.float32)
@@ -191,8 +194,11 @@ def _filled_dbr(past: NowcastInput, n: int, what: str) -> np.ndarray:
 def lucas_kanade_motion(past: NowcastInput) -> np.ndarray:
     """``(2, H, W)`` motion in pixels per time step (x eastward along columns, then y along rows).
 
-    pysteps' dense Lucas-Kanade on the last three frames in dBR, gaps filled with the zero value.
+    pysteps' dense Lucas-Kanade on the last three frames in dBR, gaps filled with the zero value;
+    ``past.motion`` when the caller computed it already.
     """
+    if past.motion is not None:
+        return past.motion
     what = "Lucas-Kanade motion"
     _require_pysteps(what)
     from pysteps import motion
