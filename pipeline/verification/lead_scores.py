@@ -183,11 +183,12 @@ class LeadSums:
         value = scores.fss(np.array([self.fss_diff_sq[s] for s in names]), np.array([self.fss_den[s] for s in names]),
                            np.zeros(len(names)))
         out.update({s: float(value[i]) for i, s in enumerate(names)})
-        out["mae"] = float(scores.mae(np.float64(self.sum_abs_error), np.float64(self.n)))
-        out["bias"] = float(scores.ratio(np.float64(self.sum_error), np.float64(self.n)))
+        n = np.array([float(self.n)])
+        out["mae"] = float(scores.mae(np.array([self.sum_abs_error]), n)[0])
+        out["bias"] = float(scores.ratio(np.array([self.sum_error]), n)[0])
         counts = {"hits": h, "misses": m, "false_alarms": f, "correct_negatives": self.n - fe - oe + h}
-        for key, values in counts.items():
-            out.update({f"{key}@{t}": float(values[k]) for k, t in enumerate(labels)})
+        for key, count in counts.items():
+            out.update({f"{key}@{t}": float(count[k]) for k, t in enumerate(labels)})
         out["analysis_times"] = float(self.times)
         return out
 

@@ -42,6 +42,7 @@ from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
 from meteovision.pipeline.inference.outputs import num_lead_times
 from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
 from meteovision.pipeline.inference.tiling import TilingSettings
+from meteovision.pipeline.verification.baselines import persist
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class Persistence:
 
     def forecast(self, past: NowcastInput, n_leads: int) -> np.ndarray:
         _check_leads(n_leads)
-        return np.repeat(past.frames[-1:], n_leads, axis=0)
+        return persist(past.frames, n_leads)
 
 
 @dataclass(frozen=True)
