@@ -286,3 +286,15 @@ def test_checkpoint_names() -> None:
         checkpoint_names(["a/last.ckpt", "b/last.ckpt"])
     with pytest.raises(EvaluationError, match="baseline"):
         checkpoint_names(["lk=x.ckpt"])
+
+
+def test_evaluate_benchmark_skips_without_data_and_reports_figures(tmp_path: Path, frames_dir: Path) -> None:
+    from tests.conftest import load_benchmark_script
+
+    bench = load_benchmark_script("evaluate")
+    assert bench.main(["--data-root", str(tmp_path)]) == 0  # no radar folder: nothing measured, no error
+    figures = bench.measure(str(_config(tmp_path, frames_dir)), frames_dir, None, 2)
+    assert figures["same_scores"] is True and figures["analysis_times"] == 2
+    assert figures["harness_s"] == pytest.approx(figures["wall_1_worker_s"] - sum(figures["method_seconds"].values())
+                                                 - figures["motion_s"])
+    assert "of the methods' time" in bench.report(figures)

@@ -91,6 +91,8 @@ class EvaluationResult:
     maps: list[MapCase] = field(default_factory=list)
     checkpoints: dict[str, Path] = field(default_factory=dict)
     command: str = ""
+    #: Seconds of the Lucas-Kanade motion, computed once per analysis time and shared (not in ``seconds``).
+    motion_seconds: float = 0.0
     _values: dict[tuple[str, int, str], float] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -194,6 +196,7 @@ class _TimeScores:
     accumulators: dict[str, LeadTimeScores]
     seconds: dict[str, float]
     maps: list[MapCase]
+    motion_seconds: float
 
 
 #: This worker process's work and methods (one entry once initialised).
@@ -222,7 +225,9 @@ def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_
     past = NowcastInput(frames=work.rates[i - cfg.past_frames + 1 : i + 1], time_step_minutes=work.step,
                         pixel_size_m=work.pixel_size_m)
     observation = work.rates[i + 1 : i + 1 + n_leads]
+    start = time.perf_counter()
     past = dataclasses.replace(past, motion=lucas_kanade_motion(past))  # once for LK, S-PROG and the mask
+    motion_seconds = time.perf_counter() - start
     mask = np.asarray(source_inside_mask(past, n_leads, past.motion), dtype=bool) & np.isfinite(observation)
     forecasts: dict[str, np.ndarray] = {}
     seconds = dict.fromkeys(methods, 0.0)
@@ -242,7 +247,7 @@ def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_
     maps = [MapCase(work.times[i], lead_minutes_of(k, work.step), observation[k].copy(),
                     {n: fc[k].copy() for n, fc in forecasts.items()}, mask[k].copy())
             for k in work.map_leads] if with_maps else []
-    return _TimeScores(accumulators, seconds, maps)
+    return _TimeScores(accumulators, seconds, maps, motion_seconds)
 
 
 def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: int) -> list[_TimeScores]:
@@ -291,11 +296,13 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
     accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, windows) for n in names}
     seconds = dict.fromkeys(names, 0.0)
     maps: list[MapCase] = []
+    motion_seconds = 0.0
     for part in _score_all(work, indices, _map_indices(cfg, len(indices)), workers):
         for name in names:
             accumulators[name].merge(part.accumulators[name])
             seconds[name] += part.seconds[name]
         maps += part.maps
+        motion_seconds += part.motion_seconds
     return EvaluationResult(config=cfg, series=series, methods=names, analysis_times=[series.times[i] for i in indices],
                             n_leads=n_leads, windows=windows, accumulators=accumulators, seconds=seconds, maps=maps,
-                            checkpoints=nets, command=command)
+                            checkpoints=nets, command=command, motion_seconds=motion_seconds)
