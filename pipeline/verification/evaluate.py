@@ -18,7 +18,7 @@ The stage, in order:
    pixel (along the Lucas-Kanade motion of the past frames) lies inside the domain and the
    radar coverage, and every method has a finite value there. The LK motion is computed once per
    analysis time and shared by LK, S-PROG and the mask; ``workers`` > 1 scores analysis times in
-   parallel processes (``concurrent.futures``) and adds their sums in analysis-time order, so the
+   parallel processes (``concurrent.futures``, spawned) and adds their sums in analysis-time order, so the
    scores are those of one worker.
 5. :func:`write_outputs` writes ``scores.json``, ``scores.csv`` (method, lead_minutes, metric,
    value, n_samples) and ``scores.md``, the skill-against-lead plots and the maps
@@ -46,7 +46,7 @@ from meteovision.pipeline.verification.lead_scores import FssWindow, LeadTimeSco
 if TYPE_CHECKING:
     from meteovision.pipeline.verification.nowcast_methods import NowcastMethod
 
-from meteovision.pipeline.verification.evaluate_config import EvaluationConfig, EvaluationError
+from meteovision.pipeline.verification.evaluate_config import KNOWN_METHODS, EvaluationConfig, EvaluationError
 from meteovision.pipeline.verification.radar_series import (
     RadarSeries,
     analysis_indices,
@@ -59,8 +59,6 @@ from meteovision.pipeline.verification.radar_series import (
 
 logger = logging.getLogger(__name__)
 
-#: The methods every evaluation knows; ``network`` needs a checkpoint.
-KNOWN_METHODS = ("network", "persistence", "lk", "sprog")
 #: Order of the methods in tables and maps.
 _ORDER = {name: i for i, name in enumerate(KNOWN_METHODS)}
 
@@ -256,9 +254,9 @@ def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: i
     if workers <= 1 or len(indices) <= 1:
         methods = build_methods(work.cfg, work.names, work.checkpoints)
         return [_score_time(work, methods, i, m) for i, m in zip(indices, flags, strict=True)]
-    methods_ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # spawn, not fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children
     with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_init_worker, initargs=(work,),
-                             mp_context=multiprocessing.get_context(methods_ctx)) as pool:
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_score_in_worker, indices, flags))
 
 
@@ -291,13 +289,14 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
     windows = fss_windows(cfg.fss_scales_km, series.pixel_size_m)
     map_leads = tuple(k for k in range(n_leads) if any(math.isclose(lead_minutes_of(k, step), m)
                                                        for m in cfg.map_leads_minutes))
-    work = _Work(cfg, series.rates, series.times, step, series.pixel_size_m, n_leads, tuple(names), nets,
-                 tuple(windows), map_leads)
+    lo, hi = indices[0] - cfg.past_frames + 1, indices[-1] + n_leads + 1  # only the frames used travel to workers
+    work = _Work(cfg, series.rates[lo:hi], series.times[lo:hi], step, series.pixel_size_m, n_leads, tuple(names),
+                 nets, tuple(windows), map_leads)
     accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, windows) for n in names}
     seconds = dict.fromkeys(names, 0.0)
     maps: list[MapCase] = []
     motion_seconds = 0.0
-    for part in _score_all(work, indices, _map_indices(cfg, len(indices)), workers):
+    for part in _score_all(work, [i - lo for i in indices], _map_indices(cfg, len(indices)), workers):
         for name in names:
             accumulators[name].merge(part.accumulators[name])
             seconds[name] += part.seconds[name]

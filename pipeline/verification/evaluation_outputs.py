@@ -24,12 +24,6 @@ from meteovision.pipeline.verification.radar_series import iso_time
 
 logger = logging.getLogger(__name__)
 
-#: The methods every evaluation knows; ``network`` needs a checkpoint.
-KNOWN_METHODS = ("network", "persistence", "lk", "sprog")
-#: Order of the methods in tables and maps.
-_ORDER = {name: i for i, name in enumerate(KNOWN_METHODS)}
-
-
 # ---------------------------------------------------------------------------- outputs
 def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
