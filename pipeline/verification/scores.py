@@ -25,7 +25,7 @@ The edge rules, written here once:
 * **0/0**: a ratio whose denominator is zero (no event observed or forecast, no pixel
   scored) is NaN, never 0.
 
-Box sums are separable cumulative sums in int64 (exact integers), computed once per field
+Box sums are separable cumulative sums in integers (exact), computed once per field
 and shared by every window; the observation's fractions are computed once per field and
 shared by every method scored against it (:class:`ObservedFractions`).
 """
@@ -165,34 +165,41 @@ def error_sums(forecast: Array, observation: Array, valid: Array) -> ErrorSums:
     return ErrorSums(sum_abs_error=err.abs().sum(dim=1), sum_error=err.sum(dim=1), n=m.sum(dim=1))
 
 
-def _window_bounds(length: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """First and one-past-last index of every pixel's window along an axis, clipped to the grid."""
-    i = torch.arange(length, device=device)
-    lo = (i - n // 2).clamp(0, length)
-    return lo, (i - n // 2 + n).clamp(0, length)
-
-
-def _axis_sums(cum: Tensor, n: int, dim: int) -> Tensor:
-    """Window sums along ``dim`` from a cumulative sum with a leading zero along that axis."""
-    lo, hi = _window_bounds(cum.shape[dim] - 1, n, cum.device)
-    return cum.index_select(dim, hi) - cum.index_select(dim, lo)
-
-
 def _cumsum0(x: Tensor, dim: int) -> Tensor:
-    c = x.cumsum(dim=dim)
+    """Cumulative sum along ``dim`` with a leading zero (length + 1), in ``x``'s dtype."""
+    c = x.cumsum(dim=dim, dtype=x.dtype)
     shape = list(c.shape)
     shape[dim] = 1
     return torch.cat([torch.zeros(shape, dtype=c.dtype, device=c.device), c], dim=dim)
 
 
+def _axis_sums(cum: Tensor, n: int, dim: int) -> Tensor:
+    """Window sums along ``dim`` (windows i - n//2 .. i - n//2 + n - 1, clipped) from a zero-led cumulative sum.
+
+    The cumulative sum is extended by n//2 zeros before and its total repeated after, so every
+    window is the difference of two slices (views), with no index gathering.
+    """
+    length = cum.shape[dim] - 1
+    before = list(cum.shape)
+    before[dim] = n // 2
+    total = cum.narrow(dim, length, 1)
+    ext = torch.cat([torch.zeros(before, dtype=cum.dtype, device=cum.device), cum,
+                     total.expand(*[n - n // 2 if d == dim else -1 for d in range(cum.ndim)])], dim=dim)
+    return ext.narrow(dim, n, length) - ext.narrow(dim, 0, length)
+
+
 def box_sums(x: Array, sizes: Sequence[int]) -> list[Tensor]:
     """Sums of ``x`` (..., H, W) over the n x n window of every pixel for each n, zero outside the grid.
 
-    Integer and boolean input gives exact int64 sums, float input float64. The cumulative sum
-    down the rows is shared by every size.
+    Integer and boolean input gives exact integer sums (int32 while the field has fewer than
+    2**31 pixels, else int64), float input float64. The cumulative sum down the rows is shared
+    by every size.
     """
     t = as_tensor(x)
-    t = t.to(torch.float64 if t.dtype.is_floating_point else torch.int64)
+    if t.dtype.is_floating_point:
+        t = t.to(torch.float64)
+    else:
+        t = t.to(torch.int32 if t.shape[-2] * t.shape[-1] < 2**31 else torch.int64)
     rows = _cumsum0(t, -2)
     out = []
     for n in sizes:
