@@ -18,8 +18,8 @@ The stage, in order:
    pixel (along the Lucas-Kanade motion of the past frames) lies inside the domain and the
    radar coverage, and every method has a finite value there. The LK motion is computed once per
    analysis time and shared by LK, S-PROG and the mask; ``workers`` > 1 scores analysis times in
-   parallel processes (``concurrent.futures``, spawned) and adds their sums in analysis-time order, so the
-   scores are those of one worker.
+   parallel processes (``concurrent.futures``, forked from a fork server) and adds their sums in
+   analysis-time order, so the scores are those of one worker.
 5. :func:`write_outputs` writes ``scores.json``, ``scores.csv`` (method, lead_minutes, metric,
    value, n_samples) and ``scores.md``, the skill-against-lead plots and the maps
    (``meteovision.pipeline.verification.plots``); :func:`markdown_table` is what the CLI prints.
@@ -254,9 +254,15 @@ def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: i
     if workers <= 1 or len(indices) <= 1:
         methods = build_methods(work.cfg, work.names, work.checkpoints)
         return [_score_time(work, methods, i, m) for i, m in zip(indices, flags, strict=True)]
-    # spawn, not fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children
+    # not a plain fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children.
+    # A fork server imports this module (torch, pysteps on first use) once and forks the workers from that
+    # thread-free process; spawn where there is no fork server.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload([__name__, "meteovision.pipeline.verification.nowcast_methods"])
     with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_init_worker, initargs=(work,),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
+                             mp_context=context) as pool:
         return list(pool.map(_score_in_worker, indices, flags))
 
 
