@@ -226,7 +226,9 @@ def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_
     start = time.perf_counter()
     past = dataclasses.replace(past, motion=lucas_kanade_motion(past))  # once for LK, S-PROG and the mask
     motion_seconds = time.perf_counter() - start
-    mask = np.asarray(source_inside_mask(past, n_leads, past.motion), dtype=bool) & np.isfinite(observation)
+    inside = np.asarray(source_inside_mask(past, n_leads, past.motion), dtype=bool)
+    past = dataclasses.replace(past, inside=inside)  # LK and S-PROG blank the same sources outside
+    mask = inside & np.isfinite(observation)
     forecasts: dict[str, np.ndarray] = {}
     seconds = dict.fromkeys(methods, 0.0)
     for name, method in methods.items():
@@ -257,9 +259,9 @@ def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: i
     # not a plain fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children.
     # A fork server imports this module (torch, pysteps on first use) once and forks the workers from that
     # thread-free process; spawn where there is no fork server.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:
+    starts = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in starts else "spawn")
+    if "forkserver" in starts:
         context.set_forkserver_preload([__name__, "meteovision.pipeline.verification.nowcast_methods"])
     with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_init_worker, initargs=(work,),
                              mp_context=context) as pool:

@@ -98,6 +98,8 @@ class NowcastInput:
     #: The Lucas-Kanade motion of these frames when already computed (the evaluator computes it once per
     #: analysis time and shares it between LK, S-PROG and the mask); None = compute when needed.
     motion: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: :func:`source_inside_mask` of these frames along ``motion`` for the first leads, when already computed.
+    inside: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames, dtype=np.float32)
@@ -233,6 +235,8 @@ def source_inside_mask(past: NowcastInput, n_leads: int, motion: np.ndarray | No
     when None); a pixel counts where it stays >= 0.999, so a source even partly outside does not.
     """
     _check_leads(n_leads)
+    if past.inside is not None and past.inside.shape[0] >= n_leads and (motion is None or motion is past.motion):
+        return past.inside[:n_leads]
     velocity = _motion_for(past, motion)
     _require_pysteps("source_inside_mask")
     from pysteps.extrapolation.semilagrangian import extrapolate
