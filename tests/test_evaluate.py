@@ -247,3 +247,88 @@ def test_evaluation_maps_show_geography_and_name_run_valid_time_and_lead(
         assert {"coastlines", "borders", "graticule"} <= set(gids)
         assert gids["graticule"].get_segments()
         assert all("°" in t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels())
+
+
+_SUMS = ("hits", "forecast_events", "observed_events", "n_pixels", "n_times", "sum_abs_error", "sum_error",
+         "fss_num", "fss_den")
+
+
+def test_two_workers_give_the_scores_of_one(tmp_path: Path, frames_dir: Path, checkpoint: Path) -> None:
+    cfg = load_config(_config(tmp_path, frames_dir, maps="all"))
+    one = run_evaluation(cfg, {"net": checkpoint}, workers=1)
+    two = run_evaluation(cfg, {"net": checkpoint}, workers=2)
+    assert one.methods == two.methods == ["net", "persistence", "lk"]
+    for name in one.methods:
+        for state in _SUMS:  # bitwise: the sums of each time are added in the same order
+            np.testing.assert_array_equal(getattr(one.accumulators[name], state),
+                                          getattr(two.accumulators[name], state), err_msg=f"{name} {state}")
+    assert [m.analysis_time for m in one.maps] == [m.analysis_time for m in two.maps]
+    assert len(one.maps) == 4  # two analysis times x two map leads, in time order
+    assert one.accumulators["lk"].n_times.tolist() == [2, 2]
+
+
+def test_several_checkpoints_and_configs_give_per_window_and_pooled_tables(
+    tmp_path: Path, frames_dir: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _config(tmp_path / "a", frames_dir, name="window A", maps="none")
+    second = _config(tmp_path / "b", frames_dir, name="window B", maps="none")
+    args = ["evaluate", "--config", str(first), "--config", str(second), "--checkpoint", f"small={checkpoint}",
+            "--checkpoint", str(checkpoint), "--output", str(tmp_path / "all")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    stem = checkpoint.stem
+    assert "Pooled over 2 window(s) (window A, window B)" in printed
+    valid = int(np.isfinite(_static_field()).sum())
+    pooled = (tmp_path / "all" / "pooled.md").read_text()
+    for method in ("small", stem, "persistence", "lk"):
+        # each window scores two analysis times of `valid` pixels; the pooled row adds both windows
+        assert f"| +5 min | {method} |" in pooled
+    persistence = next(line for line in pooled.splitlines() if line.startswith("| +10 min | persistence |"))
+    cells = [c.strip() for c in persistence.strip("|").split("|")]
+    assert cells[-2:] == [str(4 * valid), "4"]
+    assert cells[2:6] == ["1.000", "1.000", "0.000", "1.000"]  # CSI, POD, FAR, FBI at 1 mm/h: exact persistence
+    header = pooled.splitlines()[2]
+    assert "FSS 1km" in header and "FSS 4km" in header and "FBI 5" in header
+    doc = json.loads((tmp_path / "all" / "evaluate_2" / "scores.json").read_text())  # both files are evaluate.yaml
+    assert set(doc["checkpoints"]) == {"small", stem} and doc["name"] == "window B"
+    assert (tmp_path / "all" / "evaluate_1" / "scores.json").is_file()
+
+
+def test_pooled_counts_are_summed_before_the_ratios(tmp_path: Path, frames_dir: Path) -> None:
+    from meteovision.pipeline.verification.pooled import pooled_sums
+
+    long = run_evaluation(load_config(_config(tmp_path, frames_dir, maps="none", methods=["lk"])))
+    short = run_evaluation(load_config(_config(tmp_path, frames_dir, maps="none", methods=["lk"], last_frames=5)))
+    pooled = pooled_sums([long, short])["lk"][5.0]
+    a, b = long.accumulators["lk"].lead_sums(0), short.accumulators["lk"].lead_sums(0)
+    assert pooled.n == a.n + b.n and pooled.times == 3
+    h = a.hits["1"] + b.hits["1"]
+    m = a.observed_events["1"] + b.observed_events["1"] - h
+    f = a.forecast_events["1"] + b.forecast_events["1"] - h
+    assert pooled.scores()["csi@1"] == pytest.approx(h / (h + m + f), rel=1e-12)
+    assert pooled.scores()["mae"] == pytest.approx((a.sum_abs_error + b.sum_abs_error) / (a.n + b.n), rel=1e-12)
+
+
+def test_checkpoint_names() -> None:
+    from meteovision.pipeline.verification.evaluate import checkpoint_names
+
+    assert checkpoint_names(["runs/x/last.ckpt"]) == {"network": Path("runs/x/last.ckpt")}
+    assert checkpoint_names(["a=x.ckpt", "runs/best.ckpt"]) == {"a": Path("x.ckpt"), "best": Path("runs/best.ckpt")}
+    with pytest.raises(EvaluationError, match="taken"):
+        checkpoint_names(["a/last.ckpt", "b/last.ckpt"])
+    with pytest.raises(EvaluationError, match="baseline"):
+        checkpoint_names(["lk=x.ckpt"])
+
+
+def test_evaluate_benchmark_skips_without_data_and_reports_figures(tmp_path: Path, frames_dir: Path) -> None:
+    from tests.conftest import load_benchmark_script
+
+    bench = load_benchmark_script("evaluate")
+    assert bench.main(["--data-root", str(tmp_path)]) == 0  # no radar folder: nothing measured, no error
+    figures = bench.measure(str(_config(tmp_path, frames_dir)), frames_dir, None, 1)  # 2 workers: test above
+    assert figures["same_scores"] is True and figures["analysis_times"] == 2
+    assert figures["harness_s"] == pytest.approx(figures["wall_1_worker_s"] - sum(figures["method_seconds"].values())
+                                                 - figures["motion_s"])
+    assert "of the methods' time" in bench.report(figures)

@@ -149,16 +149,18 @@ def row(*values: float) -> torch.Tensor:
 
 
 def test_fss_hand_golden_one_row() -> None:
-    # f event at column 0, o event at column 1 of a 1 x 5 domain (outside = no event)
+    # f event at column 0, o event at column 1 of a 1 x 5 domain; the outside of the grid is not scored
     # n=1: Pf, Po are the events -> FSS = 1 - 2/2 = 0
-    # n=3: window 3x3, only one row inside: Pf = [1,1,0,0,0]/9, Po = [1,1,1,0,0]/9 -> 1 - 1/(2+3) = 0.8
-    # n=2: window covers columns i-1..i: Pf = [1,1,0,0,0]/4, Po = [0,1,1,0,0]/4 -> 1 - 2/(2+2) = 0.5
+    # n=3: windows hold 2, 3, 3, 3, 2 scored cells: Pf = [1/2, 1/3, 0, 0, 0], Po = [1/2, 1/3, 1/3, 0, 0]
+    #      sum diff^2 = 1/9, sum Pf^2 + Po^2 = 5/6 -> 1 - 2/15 = 13/15
+    # n=2: window covers columns i-1..i (1, 2, 2, 2, 2 cells): Pf = [1, 1/2, 0, ..], Po = [0, 1/2, 1/2, 0, 0]
+    #      sum diff^2 = 1 + 1/4 = 5/4, sum Pf^2 + Po^2 = 5/4 + 1/2 = 7/4 -> 1 - 5/7 = 2/7
     metric = FractionsSkillScore(threshold=0.5, scales=[1, 2, 3])
     metric.update(row(1, 0, 0, 0, 0), row(0, 1, 0, 0, 0))
     s = scalars(metric.compute())
     assert s["fss@0.5_1px"] == pytest.approx(0.0, abs=1e-12)
-    assert s["fss@0.5_3px"] == pytest.approx(0.8, abs=1e-12)
-    assert s["fss@0.5_2px"] == pytest.approx(0.5, abs=1e-12)
+    assert s["fss@0.5_3px"] == pytest.approx(13 / 15, abs=1e-12)
+    assert s["fss@0.5_2px"] == pytest.approx(2 / 7, abs=1e-12)
 
 
 def test_fss_identical_is_one_and_disjoint_pixels_zero() -> None:
@@ -178,11 +180,13 @@ def test_fss_identical_is_one_and_disjoint_pixels_zero() -> None:
     assert math.isnan(float(empty.compute()["fss@1_3px"]))  # no event anywhere: undefined
 
 
-def test_fss_matches_pysteps_over_several_fields() -> None:
+def test_fss_matches_pysteps_over_several_fields_away_from_the_edges() -> None:
     spatialscores = pytest.importorskip("pysteps.verification.spatialscores")
     rng = np.random.default_rng(7)
-    fcst = rng.gamma(0.5, 2.0, (3, 37, 41))
-    obs = rng.gamma(0.5, 2.0, (3, 37, 41))
+    fcst = np.zeros((3, 69, 73))
+    obs = np.zeros((3, 69, 73))
+    fcst[:, 16:-16, 16:-16] = rng.gamma(0.5, 2.0, (3, 37, 41))
+    obs[:, 16:-16, 16:-16] = rng.gamma(0.5, 2.0, (3, 37, 41))
     scales = [1, 2, 3, 5, 8, 15]
     metric = FractionsSkillScore(threshold=1.0, scales=scales)
     metric.update(torch.tensor(fcst[:2]).unsqueeze(1), torch.tensor(obs[:2]).unsqueeze(1))
@@ -192,18 +196,18 @@ def test_fss_matches_pysteps_over_several_fields() -> None:
         state = spatialscores.fss_init(1.0, n)
         for k in range(3):
             spatialscores.fss_accum(state, fcst[k], obs[k])
-        assert ours[f"fss@1_{n}px"] == pytest.approx(spatialscores.fss_compute(state), abs=1e-6), n
+        assert ours[f"fss@1_{n}px"] == pytest.approx(spatialscores.fss_compute(state), abs=1e-9), n
     single = FractionsSkillScore(threshold=1.0, scales=[4])
     single.update(torch.tensor(fcst[0]), torch.tensor(obs[0]))
     assert float(single.compute()["fss@1_4px"]) == pytest.approx(spatialscores.fss(fcst[0], obs[0], 1.0, 4),
-                                                                 abs=1e-6)
+                                                                 abs=1e-9)
 
 
 def test_fss_mask_hand_golden_and_nan_equivalence() -> None:
     # 1 x 4 domain, column 3 invalid. Valid events: f at column 1, o at column 2 (o's event at 3 is masked).
-    # n=3 windows (columns i-1..i+1) hold 9 cells minus invalid in-domain cells: col0 9, col1 9, col2 8.
-    # Pf = [1/9, 1/9, 1/8], Po = [0, 1/9, 1/8] -> sum diff^2 = 1/81, sum Pf^2 + Po^2 = 3/81 + 2/64
-    expected = 1.0 - (1 / 81) / (3 / 81 + 2 / 64)
+    # n=3 windows (columns i-1..i+1) hold the scored cells inside the grid: col0 2, col1 3, col2 2.
+    # Pf = [1/2, 1/3, 1/2], Po = [0, 1/3, 1/2] -> sum diff^2 = 1/4, sum Pf^2 + Po^2 = 22/36 + 13/36 = 35/36
+    expected = 1.0 - (1 / 4) / (35 / 36)
     f, o = row(0, 1, 0, 0), row(0, 0, 1, 1)
     mask = torch.tensor([True, True, True, False]).reshape(1, 1, 1, 4)
     masked = FractionsSkillScore(threshold=0.5, scales=[3])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -228,9 +229,19 @@ def simulate_sat_event(rng: np.random.Generator, size: int, n_frames: int) -> Sa
     return SatEvent(channels=channels, rate=rate, coverage=coverage, kinds=kinds)
 
 
-def gpi_rate(ir108: np.ndarray) -> np.ndarray:
-    """GOES Precipitation Index: 3 mm h-1 where the 10.8 um temperature is below 235 K."""
-    return np.where(ir108 < GPI_THRESHOLD_K, GPI_RATE, 0.0)
+if TYPE_CHECKING:
+    import torch
+
+#: numpy arrays or torch tensors (torch is imported only for type checking: the generators do not need it).
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
+
+
+def gpi_rate(ir108: ArrayT) -> ArrayT:
+    """GOES Precipitation Index (Arkin and Meisner 1987): 3 mm h-1 where the 10.8 um Tb is below 235 K.
+
+    The one definition, for numpy arrays (the generator) and torch tensors (the training baseline).
+    """
+    return (ir108 < GPI_THRESHOLD_K) * GPI_RATE
 
 
 def generate(app: str, folder: OutputFolder, seed: int, settings: SampleSettings) -> Manifest:

@@ -22,11 +22,11 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.verification import scores
 from meteovision.pipeline.verification.lead_scores import format_value
 
 __all__ = [
@@ -90,12 +90,8 @@ def _valid_pairs(
     return pred, target, valid
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` in float64, NaN where ``den`` is zero (an undefined score, not a zero one)."""
-    num = num.to(torch.float64)
-    den = den.to(torch.float64)
-    nan = torch.full_like(den, float("nan"))
-    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), nan)
+#: ``num / den`` in float64, NaN where ``den`` is zero: the kernel's one 0/0 rule.
+_ratio = scores.ratio
 
 
 def _bincount(x: Tensor, size: int) -> Tensor:
@@ -165,19 +161,12 @@ class ContingencyScores(_SumMetric):
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         pred, target, valid = _valid_pairs(pred, target, mask, type(self).__name__)
-        p = pred[valid]
-        o = target[valid]
-        hits, fc, ob = [], [], []
-        for t in self.thresholds:
-            f_event = p >= t
-            o_event = o >= t
-            hits.append((f_event & o_event).sum())
-            fc.append(f_event.sum())
-            ob.append(o_event.sum())
-        self.hits += torch.stack(hits).to(torch.int64)
-        self.forecast_events += torch.stack(fc).to(torch.int64)
-        self.observed_events += torch.stack(ob).to(torch.int64)
-        self.total += valid.sum().to(torch.int64)
+        sums = scores.contingency_sums(pred.reshape(1, -1), target.reshape(1, -1), valid.reshape(1, -1),
+                                       self.thresholds)
+        self.hits += sums.hits[0]
+        self.forecast_events += sums.forecast_events[0]
+        self.observed_events += sums.observed_events[0]
+        self.total += sums.n[0]
 
     def counts(self) -> dict[str, Tensor]:
         """The contingency table per threshold, as int64 tensors of shape [n_thresholds]."""
@@ -191,51 +180,23 @@ class ContingencyScores(_SumMetric):
     def compute(self) -> dict[str, Tensor]:
         c = self.counts()
         h, m, f = c["hits"], c["misses"], c["false_alarms"]
-        scores = {
-            "csi": _ratio(h, h + m + f),
-            "pod": _ratio(h, h + m),
-            "far": _ratio(f, h + f),
-            "fbi": _ratio(h + f, h + m),
-            **c,
-        }
-        out: dict[str, Tensor] = {}
-        for key, values in scores.items():
-            for i, name in enumerate(self.threshold_names):
-                out[f"{key}@{name}"] = values[i]
-        return out
+        values = {"csi": scores.csi(h, m, f), "pod": scores.pod(h, m), "far": scores.far(h, f),
+                  "fbi": scores.frequency_bias(h, m, f), **c}
+        return {f"{key}@{name}": v[i] for key, v in values.items() for i, name in enumerate(self.threshold_names)}
 
 
 # ---------------------------------------------------------------------------- FSS
-def _box_sum(x: Tensor, n: int) -> Tensor:
-    """Sum of ``x`` [N, 1, H, W] over the n x n window of every pixel, zero outside the domain.
-
-    The window of pixel i spans i - n//2 .. i - n//2 + n - 1 on each axis, the placement of
-    ``scipy.ndimage.uniform_filter`` (and so pysteps) for odd and even n. Two 1-D passes keep
-    the cost linear in n; the sums of 0/1 fields are exact integers in float32 below 2**24.
-    """
-    if n == 1:
-        return x
-    h, w = x.shape[-2:]
-    pad = n // 2
-    x = F.avg_pool2d(x, (n, 1), stride=1, padding=(pad, 0), count_include_pad=True, divisor_override=1)
-    x = F.avg_pool2d(x, (1, n), stride=1, padding=(0, pad), count_include_pad=True, divisor_override=1)
-    return x[..., :h, :w]
-
-
 class FractionsSkillScore(_SumMetric):
     """Fractions skill score (Roberts and Lean 2008) at one threshold and several neighbourhood sizes.
 
     For every scale n (pixels, odd or even) the event fields (value >= threshold) become
     fractions over the n x n window; over the epoch we sum (Pf - Po)^2, Pf^2 and Po^2 and
     FSS = 1 - sum((Pf - Po)^2) / (sum(Pf^2) + sum(Po^2)), the aggregation pysteps uses
-    (``fss_accum``) rather than a mean of per-field scores. Without invalid pixels the
-    fractions equal pysteps' ``fss`` (``uniform_filter`` with ``mode="constant"``: the
-    outside of the domain counts as non-event).
-
-    Invalid pixels (mask False, NaN) are no events and are left out of the window: the
-    fraction of a pixel is (events among its valid neighbours) / (window size minus its
-    invalid neighbours inside the domain), and only valid pixels enter the sums. So a mask
-    that is True everywhere gives exactly the unmasked score. Keys: ``fss@<threshold>_<n>px``.
+    (``fss_accum``) rather than a mean of per-field scores. The sums come from the scoring
+    kernel (:mod:`meteovision.pipeline.verification.scores`), as in ``meteovision evaluate``:
+    invalid pixels (mask False, NaN) and the outside of the grid are left out of every window
+    (the fraction of a pixel is over its valid neighbours), and only valid pixels enter the
+    sums. Away from edges and masks this equals pysteps' ``fss``. Keys: ``fss@<threshold>_<n>px``.
     """
 
     higher_is_better = True
@@ -268,31 +229,14 @@ class FractionsSkillScore(_SumMetric):
                 f"{owner}: fields need two spatial dims [..., H, W], got {tuple(target.shape)}"
             )
         pred, target, valid = _valid_pairs(pred, target, mask, owner)
-        h, w = target.shape[-2:]
-        f_event = ((pred >= self.threshold) & valid).reshape(-1, 1, h, w).to(torch.float32)
-        o_event = ((target >= self.threshold) & valid).reshape(-1, 1, h, w).to(torch.float32)
-        valid = valid.reshape(-1, 1, h, w)
-        invalid = (~valid).to(torch.float32)
-        any_invalid = bool(invalid.any())
-        diff, fct, obs = [], [], []
-        for n in self.scales:
-            window = torch.tensor(float(n * n), dtype=torch.float64, device=target.device)
-            if any_invalid:
-                window = window - _box_sum(invalid, n).to(torch.float64)
-            window = torch.where(valid, window, torch.ones_like(window))
-            pf = _box_sum(f_event, n).to(torch.float64) / window
-            po = _box_sum(o_event, n).to(torch.float64) / window
-            pf = torch.where(valid, pf, torch.zeros_like(pf))
-            po = torch.where(valid, po, torch.zeros_like(po))
-            diff.append(((pf - po) ** 2).sum())
-            fct.append((pf**2).sum())
-            obs.append((po**2).sum())
-        self.sum_diff_sq += torch.stack(diff)
-        self.sum_fct_sq += torch.stack(fct)
-        self.sum_obs_sq += torch.stack(obs)
+        observed = scores.observed_fractions(target, valid, self.threshold, self.scales)
+        sums = scores.fss_sums(pred, observed)
+        self.sum_diff_sq += sums.diff_sq.sum(dim=0)
+        self.sum_fct_sq += sums.fct_sq.sum(dim=0)
+        self.sum_obs_sq += sums.obs_sq.sum(dim=0)
 
     def compute(self) -> dict[str, Tensor]:
-        fss = 1.0 - _ratio(self.sum_diff_sq, self.sum_fct_sq + self.sum_obs_sq)
+        fss = scores.fss(self.sum_diff_sq, self.sum_fct_sq, self.sum_obs_sq)
         thr = format_threshold(self.threshold)
         return {f"fss@{thr}_{n}px": fss[i] for i, n in enumerate(self.scales)}
 
@@ -494,14 +438,15 @@ class RegressionScores(_SumMetric):
         x = pred[valid].to(torch.float64)
         y = target[valid].to(torch.float64)
         e = x - y
+        errors = scores.error_sums(pred.reshape(1, -1), target.reshape(1, -1), valid.reshape(1, -1))
         self.n += x.numel()
         self.sx += x.sum()
         self.sy += y.sum()
         self.sxx += (x * x).sum()
         self.syy += (y * y).sum()
         self.sxy += (x * y).sum()
-        self.sae += e.abs().sum()
-        self.se += e.sum()
+        self.sae += errors.sum_abs_error[0]
+        self.se += errors.sum_error[0]
         self.se2 += (e * e).sum()
 
     def compute(self) -> dict[str, Tensor]:
@@ -515,7 +460,7 @@ class RegressionScores(_SumMetric):
         denom = torch.where(defined, spread, torch.zeros_like(cov))
         return {
             "rmse": torch.sqrt(_ratio(self.se2, n)),
-            "mae": _ratio(self.sae, n),
+            "mae": scores.mae(self.sae, n),
             "bias": _ratio(self.se, n),
             "corr": _ratio(cov, denom).clamp(-1.0, 1.0),
             "count": n.clone(),

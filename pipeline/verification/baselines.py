@@ -9,12 +9,14 @@ class indices for classification.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
 
+from meteovision.datasets.synthetic.sat2precip import gpi_rate
 from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 
 Baseline = Callable[[Tensor, CheckpointMetadata], Tensor]
@@ -30,21 +32,29 @@ def _channel(inputs: Tensor, meta: CheckpointMetadata, name: str) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- nowcast
+FramesT = TypeVar("FramesT", np.ndarray, Tensor)
+
+
+def persist(frames: FramesT, n_leads: int) -> FramesT:
+    """Eulerian persistence, the one definition: the last frame (axis -3) repeated for ``n_leads`` leads.
+
+    numpy (T, H, W) for the evaluation's method, torch [B, T, H, W] for the training baseline.
+    """
+    last = frames[..., -1:, :, :]
+    if isinstance(last, Tensor):
+        return last.repeat_interleave(n_leads, dim=-3)
+    return np.repeat(last, n_leads, axis=-3)
+
+
 def persistence(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
     """Eulerian persistence: the last observed frame at every lead time."""
-    lead_times = meta.out_channels
-    return inputs[:, -1:].repeat(1, lead_times, 1, 1)
+    return persist(inputs, meta.out_channels)
 
 
 # ---------------------------------------------------------------------------- sat2precip
-GPI_RATE_MM_H = 3.0
-GPI_THRESHOLD_K = 235.0
-
-
 def gpi(inputs: Tensor, meta: CheckpointMetadata) -> Tensor:
-    """GOES Precipitation Index (Arkin and Meisner 1987): 3 mm h-1 where the 10.8 um Tb < 235 K."""
-    ir = _channel(inputs, meta, "IR_108")
-    return torch.where(ir < GPI_THRESHOLD_K, GPI_RATE_MM_H, 0.0).unsqueeze(1).to(inputs.dtype)
+    """GOES Precipitation Index (:func:`~meteovision.datasets.synthetic.sat2precip.gpi_rate`) of the IR_108 channel."""
+    return gpi_rate(_channel(inputs, meta, "IR_108")).unsqueeze(1).to(inputs.dtype)
 
 
 # ---------------------------------------------------------------------------- bow echo

@@ -16,7 +16,10 @@ The stage, in order:
    each analysis time and scores each lead with :class:`~meteovision.pipeline.verification.lead_scores.LeadTimeScores`
    on one mask shared by all methods: the observation is valid, the Lagrangian source of the
    pixel (along the Lucas-Kanade motion of the past frames) lies inside the domain and the
-   radar coverage, and every method has a finite value there.
+   radar coverage, and every method has a finite value there. The LK motion is computed once per
+   analysis time and shared by LK, S-PROG and the mask; ``workers`` > 1 scores analysis times in
+   parallel processes (``concurrent.futures``, forked from a fork server) and adds their sums in
+   analysis-time order, so the scores are those of one worker.
 5. :func:`write_outputs` writes ``scores.json``, ``scores.csv`` (method, lead_minutes, metric,
    value, n_samples) and ``scores.md``, the skill-against-lead plots and the maps
    (``meteovision.pipeline.verification.plots``); :func:`markdown_table` is what the CLI prints.
@@ -25,22 +28,25 @@ The stage, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from meteovision.pipeline.verification.lead_scores import FssWindow, LeadTimeScores, fss_windows
+from meteovision.pipeline.verification.lead_scores import FssWindow, LeadTimeScores, fss_windows, score_methods
 
 if TYPE_CHECKING:
     from meteovision.pipeline.verification.nowcast_methods import NowcastMethod
 
-from meteovision.pipeline.verification.evaluate_config import EvaluationConfig, EvaluationError
+from meteovision.pipeline.verification.evaluate_config import KNOWN_METHODS, EvaluationConfig, EvaluationError
 from meteovision.pipeline.verification.radar_series import (
     RadarSeries,
     analysis_indices,
@@ -53,8 +59,6 @@ from meteovision.pipeline.verification.radar_series import (
 
 logger = logging.getLogger(__name__)
 
-#: The methods every evaluation knows; ``network`` needs a checkpoint.
-KNOWN_METHODS = ("network", "persistence", "lk", "sprog")
 #: Order of the methods in tables and maps.
 _ORDER = {name: i for i, name in enumerate(KNOWN_METHODS)}
 
@@ -83,9 +87,16 @@ class EvaluationResult:
     accumulators: dict[str, LeadTimeScores]
     seconds: dict[str, float]
     maps: list[MapCase] = field(default_factory=list)
-    checkpoint: Path | None = None
+    checkpoints: dict[str, Path] = field(default_factory=dict)
     command: str = ""
+    #: Seconds of the Lucas-Kanade motion, computed once per analysis time and shared (not in ``seconds``).
+    motion_seconds: float = 0.0
     _values: dict[tuple[str, int, str], float] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The first checkpoint (None without one): what a single ``--checkpoint`` gave."""
+        return next(iter(self.checkpoints.values()), None)
 
     def lead_minutes(self, k: int) -> float:
         return lead_minutes_of(k, self.series.time_step_minutes)
@@ -103,22 +114,54 @@ class EvaluationResult:
         return self._values[(method, k, metric)]
 
 
-def method_names(cfg: EvaluationConfig, checkpoint: Path | None) -> list[str]:
-    names = list(cfg.methods)
-    if checkpoint is not None and "network" not in names:
-        names.insert(0, "network")
-    if "network" in names and checkpoint is None:
+def checkpoint_names(checkpoints: Sequence[str | Path]) -> dict[str, Path]:
+    """``name=path`` or ``path`` entries -> {method name: path}; names come from the file stem.
+
+    A lone unnamed checkpoint keeps the method name ``network`` (as before several were allowed).
+    """
+    named: dict[str, Path] = {}
+    for entry in checkpoints:
+        text = str(entry)
+        name, sep, path = text.partition("=")
+        if not sep:
+            name, path = ("network" if len(checkpoints) == 1 else Path(text).stem), text
+        if not name or name in KNOWN_METHODS[1:] or name in named:
+            raise EvaluationError(f"checkpoint {text}: the method name {name!r} is empty, a baseline's or taken "
+                                  f"(give name=path)")
+        named[name] = Path(path)
+    return named
+
+
+def method_names(cfg: EvaluationConfig, checkpoints: Mapping[str, Path] | Path | None) -> list[str]:
+    """The baselines of the config and one method per checkpoint, networks first."""
+    nets = _as_checkpoints(checkpoints)
+    names = [n for n in cfg.methods if n != "network"]
+    if "network" in cfg.methods and not nets:
         raise EvaluationError(f"{cfg.name}: method 'network' needs a checkpoint (--checkpoint)")
-    return sorted(names, key=lambda n: _ORDER.get(n, len(_ORDER)))
+    return list(nets) + sorted(names, key=lambda n: _ORDER.get(n, len(_ORDER)))
 
 
-def build_methods(cfg: EvaluationConfig, names: Sequence[str], checkpoint: Path | None) -> dict[str, NowcastMethod]:
+def _as_checkpoints(checkpoints: Mapping[str, Path] | Path | None) -> dict[str, Path]:
+    if checkpoints is None:
+        return {}
+    if isinstance(checkpoints, Path | str):
+        return {"network": Path(checkpoints)}
+    return dict(checkpoints)
+
+
+def build_methods(cfg: EvaluationConfig, names: Sequence[str],
+                  checkpoints: Mapping[str, Path] | Path | None) -> dict[str, NowcastMethod]:
+    """The nowcast methods by name; a checkpoint's method takes the config's ``network`` settings."""
     from meteovision.pipeline.verification.nowcast_methods import build_method
 
+    nets = _as_checkpoints(checkpoints)
     methods: dict[str, NowcastMethod] = {}
     for name in names:
-        settings = dict(cfg.method_settings.get(name, {}))
-        methods[name] = build_method(name, checkpoint=checkpoint if name == "network" else None, **settings)
+        if name in nets:
+            settings = dict(cfg.method_settings.get("network", {}))
+            methods[name] = build_method("network", checkpoint=nets[name], **settings)
+        else:
+            methods[name] = build_method(name, **dict(cfg.method_settings.get(name, {})))
     return methods
 
 
@@ -128,14 +171,117 @@ def _map_indices(cfg: EvaluationConfig, n_times: int) -> set[int]:
     return set(range(n_times)) if cfg.maps == "all" else {n_times - 1}
 
 
-def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | None = None, *,
-                   series: RadarSeries | None = None, command: str = "") -> EvaluationResult:
-    """Load the series (unless given), run every method over the test window's analysis times, score them."""
+@dataclass(frozen=True)
+class _Work:
+    """What scoring one analysis time needs; handed once to each worker process."""
+
+    cfg: EvaluationConfig
+    rates: np.ndarray
+    times: np.ndarray
+    step: float
+    pixel_size_m: float
+    n_leads: int
+    names: tuple[str, ...]
+    checkpoints: dict[str, Path]
+    windows: tuple[FssWindow, ...]
+    map_leads: tuple[int, ...]
+
+
+@dataclass
+class _TimeScores:
+    """One analysis time's sums per method, method seconds and map cases."""
+
+    accumulators: dict[str, LeadTimeScores]
+    seconds: dict[str, float]
+    maps: list[MapCase]
+    motion_seconds: float
+
+
+#: This worker process's work and methods (one entry once initialised).
+_worker: list[tuple[_Work, dict[str, NowcastMethod]]] = []
+
+
+def _init_worker(work: _Work) -> None:
+    """Build the methods once per process; one torch thread each (the processes are the parallelism)."""
+    import torch
+
+    torch.set_num_threads(1)
+    _worker[:] = [(work, build_methods(work.cfg, work.names, work.checkpoints))]
+
+
+def _score_in_worker(i: int, with_maps: bool) -> _TimeScores:
+    if not _worker:
+        raise EvaluationError("evaluation worker used before it was initialised")
+    return _score_time(*_worker[0], i, with_maps)
+
+
+def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_maps: bool) -> _TimeScores:
+    """Run every method from analysis time index ``i`` and score it on the shared mask."""
     from meteovision.pipeline.verification.nowcast_methods import NowcastInput, lucas_kanade_motion, source_inside_mask
 
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise EvaluationError(f"{checkpoint}: no such checkpoint file")
-    names = method_names(cfg, checkpoint)
+    cfg, n_leads = work.cfg, work.n_leads
+    past = NowcastInput(frames=work.rates[i - cfg.past_frames + 1 : i + 1], time_step_minutes=work.step,
+                        pixel_size_m=work.pixel_size_m)
+    observation = work.rates[i + 1 : i + 1 + n_leads]
+    start = time.perf_counter()
+    past = dataclasses.replace(past, motion=lucas_kanade_motion(past))  # once for LK, S-PROG and the mask
+    motion_seconds = time.perf_counter() - start
+    inside = np.asarray(source_inside_mask(past, n_leads, past.motion), dtype=bool)
+    past = dataclasses.replace(past, inside=inside)  # LK and S-PROG blank the same sources outside
+    mask = inside & np.isfinite(observation)
+    forecasts: dict[str, np.ndarray] = {}
+    seconds = dict.fromkeys(methods, 0.0)
+    for name, method in methods.items():
+        start = time.perf_counter()
+        fc = np.asarray(method.forecast(past, n_leads), dtype=np.float32)
+        seconds[name] += time.perf_counter() - start
+        if fc.shape != observation.shape:
+            raise EvaluationError(f"{cfg.name}: method {name!r} returned shape {fc.shape}, "
+                                  f"expected {observation.shape}")
+        forecasts[name] = fc
+        mask &= np.isfinite(fc)
+    accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, work.windows) for n in methods}
+    score_methods(accumulators, forecasts, observation, mask)
+    logger.info("%s: %s scored, %s pixels per lead", cfg.name, iso_time(work.times[i]),
+                ", ".join(str(int(m.sum())) for m in mask))
+    maps = [MapCase(work.times[i], lead_minutes_of(k, work.step), observation[k].copy(),
+                    {n: fc[k].copy() for n, fc in forecasts.items()}, mask[k].copy())
+            for k in work.map_leads] if with_maps else []
+    return _TimeScores(accumulators, seconds, maps, motion_seconds)
+
+
+def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: int) -> list[_TimeScores]:
+    """Score every analysis time, in parallel processes when ``workers`` > 1; results in index order."""
+    flags = [j in map_at for j in range(len(indices))]
+    if workers <= 1 or len(indices) <= 1:
+        methods = build_methods(work.cfg, work.names, work.checkpoints)
+        return [_score_time(work, methods, i, m) for i, m in zip(indices, flags, strict=True)]
+    # not a plain fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children.
+    # A fork server imports this module (torch, pysteps on first use) once and forks the workers from that
+    # thread-free process; spawn where there is no fork server.
+    starts = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in starts else "spawn")
+    if "forkserver" in starts:
+        context.set_forkserver_preload([__name__, "meteovision.pipeline.verification.nowcast_methods"])
+    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_init_worker, initargs=(work,),
+                             mp_context=context) as pool:
+        return list(pool.map(_score_in_worker, indices, flags))
+
+
+def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] | None = None, *,
+                   series: RadarSeries | None = None, command: str = "", workers: int = 1) -> EvaluationResult:
+    """Load the series (unless given), run every method over the test window's analysis times, score them.
+
+    ``checkpoint`` is one checkpoint (method ``network``) or {method name: checkpoint}; ``workers``
+    processes score analysis times in parallel (the same scores as one).
+    """
+    nets = _as_checkpoints(checkpoint)
+    for path in nets.values():
+        if not Path(path).is_file():
+            raise EvaluationError(f"{path}: no such checkpoint file")
+    if workers < 1:
+        raise EvaluationError(f"{cfg.name}: workers must be >= 1, got {workers}")
+    names = method_names(cfg, nets)
     series = series if series is not None else load_series(cfg)
     step = series.time_step_minutes
     n_leads = n_leads_of(cfg, step)
@@ -145,41 +291,25 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | None = None, *,
         raise EvaluationError(
             f"{cfg.name}: no analysis time has {cfg.past_frames} past and {n_leads} future frames inside the test "
             f"window ({int(inside.sum())} frames from {iso_time(series.times[inside][0]) if inside.any() else '-'})")
-    logger.info("%s: %d analysis time(s) from %s to %s, %d leads of %g min, methods %s", cfg.name, len(indices),
-                iso_time(series.times[indices[0]]), iso_time(series.times[indices[-1]]), n_leads, step, names)
-    methods = build_methods(cfg, names, checkpoint)
+    logger.info("%s: %d analysis time(s) from %s to %s, %d leads of %g min, methods %s, %d worker(s)", cfg.name,
+                len(indices), iso_time(series.times[indices[0]]), iso_time(series.times[indices[-1]]), n_leads, step,
+                names, workers)
     windows = fss_windows(cfg.fss_scales_km, series.pixel_size_m)
+    map_leads = tuple(k for k in range(n_leads) if any(math.isclose(lead_minutes_of(k, step), m)
+                                                       for m in cfg.map_leads_minutes))
+    lo, hi = indices[0] - cfg.past_frames + 1, indices[-1] + n_leads + 1  # only the frames used travel to workers
+    work = _Work(cfg, series.rates[lo:hi], series.times[lo:hi], step, series.pixel_size_m, n_leads, tuple(names),
+                 nets, tuple(windows), map_leads)
     accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, windows) for n in names}
     seconds = dict.fromkeys(names, 0.0)
-    map_at = _map_indices(cfg, len(indices))
-    map_leads = [k for k in range(n_leads) if any(math.isclose(lead_minutes_of(k, step), m)
-                                                   for m in cfg.map_leads_minutes)]
     maps: list[MapCase] = []
-    for j, i in enumerate(indices):
-        past = NowcastInput(frames=series.rates[i - cfg.past_frames + 1 : i + 1], time_step_minutes=step,
-                            pixel_size_m=series.pixel_size_m)
-        observation = series.rates[i + 1 : i + 1 + n_leads]
-        motion = lucas_kanade_motion(past)
-        mask = np.asarray(source_inside_mask(past, n_leads, motion), dtype=bool) & np.isfinite(observation)
-        forecasts: dict[str, np.ndarray] = {}
-        for name, method in methods.items():
-            start = time.perf_counter()
-            fc = np.asarray(method.forecast(past, n_leads), dtype=np.float32)
-            seconds[name] += time.perf_counter() - start
-            if fc.shape != observation.shape:
-                raise EvaluationError(f"{cfg.name}: method {name!r} returned shape {fc.shape}, "
-                                      f"expected {observation.shape}")
-            forecasts[name] = fc
-            mask &= np.isfinite(fc)
-        for name, fc in forecasts.items():
-            accumulators[name].update(fc, observation, mask)
-        logger.info("%s: %s scored, %s pixels per lead", cfg.name, iso_time(series.times[i]),
-                    ", ".join(str(int(m.sum())) for m in mask))
-        if j in map_at:
-            maps += [MapCase(series.times[i], lead_minutes_of(k, step), observation[k].copy(),
-                             {n: fc[k].copy() for n, fc in forecasts.items()}, mask[k].copy()) for k in map_leads]
+    motion_seconds = 0.0
+    for part in _score_all(work, [i - lo for i in indices], _map_indices(cfg, len(indices)), workers):
+        for name in names:
+            accumulators[name].merge(part.accumulators[name])
+            seconds[name] += part.seconds[name]
+        maps += part.maps
+        motion_seconds += part.motion_seconds
     return EvaluationResult(config=cfg, series=series, methods=names, analysis_times=[series.times[i] for i in indices],
                             n_leads=n_leads, windows=windows, accumulators=accumulators, seconds=seconds, maps=maps,
-                            checkpoint=Path(checkpoint) if checkpoint is not None else None, command=command)
-
-
+                            checkpoints=nets, command=command, motion_seconds=motion_seconds)

@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 #: The methods every evaluation knows; ``network`` needs a checkpoint.
 KNOWN_METHODS = ("network", "persistence", "lk", "sprog")
-#: Order of the methods in tables and maps.
-_ORDER = {name: i for i, name in enumerate(KNOWN_METHODS)}
 
 
 class EvaluationError(MeteovisionError):

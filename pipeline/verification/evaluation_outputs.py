@@ -24,12 +24,6 @@ from meteovision.pipeline.verification.radar_series import iso_time
 
 logger = logging.getLogger(__name__)
 
-#: The methods every evaluation knows; ``network`` needs a checkpoint.
-KNOWN_METHODS = ("network", "persistence", "lk", "sprog")
-#: Order of the methods in tables and maps.
-_ORDER = {name: i for i, name in enumerate(KNOWN_METHODS)}
-
-
 # ---------------------------------------------------------------------------- outputs
 def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None
@@ -69,6 +63,8 @@ def scores_document(result: EvaluationResult) -> dict[str, Any]:
         "methods": result.methods,
         "checkpoint": None if result.checkpoint is None else {
             "path": str(result.checkpoint), "sha256": file_sha256(result.checkpoint)},
+        "checkpoints": {name: {"path": str(path), "sha256": file_sha256(path)}
+                        for name, path in result.checkpoints.items()},
         "fss_windows": [{"requested_km": w.requested_km, "scale_km": w.scale_km, "pixels": w.pixels,
                          "effective_km": w.effective_km, "metric": first.fss_name(w)} for w in result.windows],
         "mask": "observation valid & Lagrangian source (LK motion) inside domain and coverage & every method finite",

@@ -6,7 +6,7 @@ scores it gives are those of all pixels of all analysis times pooled, never a me
 per-time ratios:
 
 * contingency table per lead time and threshold (event = value >= threshold): hits, misses,
-  false alarms, correct negatives -> CSI = H/(H+M+F), POD = H/(H+M), FAR = F/(H+F);
+  false alarms, correct negatives -> CSI = H/(H+M+F), POD = H/(H+M), FAR = F/(H+F), FBI;
 * fractions skill score (Roberts and Lean 2008) per lead time and neighbourhood:
   FSS = 1 - sum((Pf - Po)^2) / sum(Pf^2 + Po^2), numerator and denominator summed over the
   analysis times (the aggregate of pysteps' ``fss_accum``), not a mean of per-time FSS;
@@ -14,13 +14,11 @@ per-time ratios:
 
 Every update takes an explicit boolean mask (True = scored). The evaluation builds one mask
 per analysis time and lead time and gives the *same* mask to every method, so all methods
-are scored on the same pixels. Pixels outside the mask count for nothing: not in the tables,
-not in the neighbourhoods of FSS. The fraction of a scored pixel is (events among the scored
-pixels of its window) / (number of scored pixels in its window); the outside of the grid is
-not scored either. So a masked area (outside radar coverage, pixels whose Lagrangian source
-lies outside the domain) is "unknown", not "no rain". This differs at the grid edges from
-pysteps' ``fss`` and from ``meteovision.pipeline.training.metrics.FractionsSkillScore``, which count
-the outside of the grid as non-events.
+are scored on the same pixels. The counts, sums and ratios come from the one scoring kernel,
+:mod:`meteovision.pipeline.verification.scores`, which ``meteovision test``'s metrics call too;
+its docstring states the edge rules (events are >= threshold, masked pixels and the outside
+of the grid are "unknown", not "no rain", 0/0 is NaN). Frequency bias (``fbi@t``) is
+(H + F) / (H + M); ``bias`` is the mean of forecast minus observation in mm h-1.
 
 FSS scales are given in km and converted to odd windows of pixels for the grid's spacing by
 :func:`fss_windows`. Ratios with a zero denominator (no event observed or forecast, no pixel
@@ -30,21 +28,24 @@ scored) are NaN, never 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.verification import scores
 
 __all__ = [
     "FssWindow",
+    "LeadSums",
     "LeadTimeScores",
     "Score",
     "VerificationError",
     "box_sum",
     "format_value",
     "fss_windows",
+    "score_methods",
 ]
 
 
@@ -116,21 +117,11 @@ def fss_windows(scales_km: Sequence[float], pixel_size_m: float) -> list[FssWind
 def box_sum(x: np.ndarray, n: int) -> np.ndarray:
     """Sum of ``x`` (H, W) over the centred n x n window of every pixel (n odd), zero outside the grid.
 
-    Integer input gives exact integer sums (an integral image in int64).
+    Integer input gives exact integer sums (the kernel's int64 cumulative sums).
     """
     if n < 1 or n % 2 == 0:
         raise VerificationError(f"box_sum: the window must be a positive odd number of pixels, got {n}")
-    if n == 1:
-        return x.astype(np.int64 if x.dtype.kind in "biu" else np.float64)
-    dtype = np.int64 if x.dtype.kind in "biu" else np.float64
-    h, w = x.shape
-    r = n // 2
-    padded = np.zeros((h + 2 * r + 1, w + 2 * r + 1), dtype=dtype)
-    padded[r + 1 : r + 1 + h, r + 1 : r + 1 + w] = x
-    integral = padded.cumsum(axis=0).cumsum(axis=1)
-    return (
-        integral[n : n + h, n : n + w] - integral[:h, n : n + w] - integral[n : n + h, :w] + integral[:h, :w]
-    )
+    return scores.box_sums(x, [n])[0].numpy()
 
 
 @dataclass(frozen=True)
@@ -143,12 +134,63 @@ class Score:
     n_samples: int
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
+def _added(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Sums of the keys both hold (a threshold or scale missing from one side is not pooled)."""
+    return {k: a[k] + b[k] for k in a if k in b}
+
+
+@dataclass(frozen=True)
+class LeadSums:
+    """The sufficient statistics of one method at one lead: counts and sums, addable across times and windows.
+
+    Thresholds are keyed by their label (``format_value``), FSS sums by their metric name
+    (``fss@1_16km``), so sums of windows on other grids pool by the scale in km. Adding two
+    keeps the thresholds and scales both have. :meth:`scores` is the only place the evaluation
+    turns sums into ratios (with the kernel's ratio functions).
+    """
+
+    n: int
+    times: int
+    sum_abs_error: float
+    sum_error: float
+    hits: dict[str, float]
+    forecast_events: dict[str, float]
+    observed_events: dict[str, float]
+    fss_diff_sq: dict[str, float]
+    fss_den: dict[str, float]
+
+    def __add__(self, other: LeadSums) -> LeadSums:
+        return LeadSums(
+            n=self.n + other.n, times=self.times + other.times, sum_abs_error=self.sum_abs_error + other.sum_abs_error,
+            sum_error=self.sum_error + other.sum_error, hits=_added(self.hits, other.hits),
+            forecast_events=_added(self.forecast_events, other.forecast_events),
+            observed_events=_added(self.observed_events, other.observed_events),
+            fss_diff_sq=_added(self.fss_diff_sq, other.fss_diff_sq), fss_den=_added(self.fss_den, other.fss_den))
+
+    def scores(self) -> dict[str, float]:
+        """Every score and count by metric name: csi/pod/far/fbi@t, fss@..., mae, bias, the table counts."""
+        labels = list(self.hits)
+        h = np.array([self.hits[t] for t in labels], dtype=np.float64)
+        fe = np.array([self.forecast_events[t] for t in labels], dtype=np.float64)
+        oe = np.array([self.observed_events[t] for t in labels], dtype=np.float64)
+        m, f = oe - h, fe - h
+        tables = {"csi": scores.csi(h, m, f), "pod": scores.pod(h, m), "far": scores.far(h, f),
+                  "fbi": scores.frequency_bias(h, m, f)}
+        out: dict[str, float] = {}
+        for key, values in tables.items():
+            out.update({f"{key}@{t}": float(values[k]) for k, t in enumerate(labels)})
+        names = list(self.fss_diff_sq)
+        value = scores.fss(np.array([self.fss_diff_sq[s] for s in names]), np.array([self.fss_den[s] for s in names]),
+                           np.zeros(len(names)))
+        out.update({s: float(value[i]) for i, s in enumerate(names)})
+        n = np.array([float(self.n)])
+        out["mae"] = float(scores.mae(np.array([self.sum_abs_error]), n)[0])
+        out["bias"] = float(scores.ratio(np.array([self.sum_error]), n)[0])
+        counts = {"hits": h, "misses": m, "false_alarms": f, "correct_negatives": self.n - fe - oe + h}
+        for key, count in counts.items():
+            out.update({f"{key}@{t}": float(count[k]) for k, t in enumerate(labels)})
+        out["analysis_times"] = float(self.times)
+        return out
 
 
 class LeadTimeScores:
@@ -156,7 +198,9 @@ class LeadTimeScores:
 
     ``update(forecast, observation, mask)`` takes fields of shape (n_leads, H, W) for one
     analysis time (NaN never enters: a NaN under a True mask is an error, so that the caller's
-    shared mask is really what is scored). :meth:`scores` gives :class:`Score` records.
+    shared mask is really what is scored). :func:`score_methods` scores several methods against
+    one observation and mask, computing the observation's side once. :meth:`scores` gives
+    :class:`Score` records; :meth:`merge` adds another accumulator's sums (parallel workers).
     """
 
     def __init__(
@@ -192,53 +236,61 @@ class LeadTimeScores:
         self.fss_num = np.zeros((n_leads, s), dtype=np.float64)
         self.fss_den = np.zeros((n_leads, s), dtype=np.float64)
 
+    def empty_like(self) -> LeadTimeScores:
+        """A zeroed accumulator with the same leads, thresholds and windows."""
+        return LeadTimeScores(self.n_leads, self.thresholds, self.fss_threshold, self.windows)
+
     # ------------------------------------------------------------------ update
     def update(self, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray) -> None:
         """Add one analysis time: (n_leads, H, W) forecast, observation and boolean mask (True = scored)."""
-        shape = (self.n_leads, *observation.shape[-2:])
-        for what, arr in (("forecast", forecast), ("observation", observation), ("mask", mask)):
-            if arr.shape != shape or arr.ndim != 3:
-                raise VerificationError(f"LeadTimeScores: {what} has shape {arr.shape}, expected {shape}")
-        if mask.dtype != np.bool_:
-            raise VerificationError(f"LeadTimeScores: the mask must be boolean (True = scored), got {mask.dtype}")
-        for what, arr in (("forecast", forecast), ("observation", observation)):
-            bad = mask & ~np.isfinite(arr)
-            if bad.any():
-                raise VerificationError(
-                    f"LeadTimeScores: the {what} is NaN or infinite at {int(bad.sum())} scored pixel(s); "
-                    "leave them out of the mask"
-                )
-        for lead in range(self.n_leads):
-            self._update_lead(lead, forecast[lead], observation[lead], mask[lead])
+        score_methods({"forecast": self}, {"forecast": forecast}, observation, mask)
 
-    def _update_lead(self, lead: int, f: np.ndarray, o: np.ndarray, m: np.ndarray) -> None:
-        n = int(m.sum())
-        self.n_times[lead] += 1
-        if n == 0:
-            return
-        fv = f[m].astype(np.float64)
-        ov = o[m].astype(np.float64)
-        self.n_pixels[lead] += n
-        err = fv - ov
-        self.sum_abs_error[lead] += float(np.abs(err).sum())
-        self.sum_error[lead] += float(err.sum())
-        for k, t in enumerate(self.thresholds):
-            fe = fv >= t
-            oe = ov >= t
-            self.hits[lead, k] += int((fe & oe).sum())
-            self.forecast_events[lead, k] += int(fe.sum())
-            self.observed_events[lead, k] += int(oe.sum())
-        valid = m.astype(np.int64)
-        f_event = ((f >= self.fss_threshold) & m).astype(np.int64)
-        o_event = ((o >= self.fss_threshold) & m).astype(np.int64)
-        for s, window in enumerate(self.windows):
-            count = box_sum(valid, window.pixels)[m].astype(np.float64)
-            pf = box_sum(f_event, window.pixels)[m] / count
-            po = box_sum(o_event, window.pixels)[m] / count
-            self.fss_num[lead, s] += float(((pf - po) ** 2).sum())
-            self.fss_den[lead, s] += float((pf**2).sum() + (po**2).sum())
+    def _check(self, what: str, arr: np.ndarray, shape: tuple[int, ...], mask: np.ndarray) -> None:
+        if arr.shape != shape or arr.ndim != 3:
+            raise VerificationError(f"LeadTimeScores: {what} has shape {arr.shape}, expected {shape}")
+        bad = mask & ~np.isfinite(arr)
+        if bad.any():
+            raise VerificationError(f"LeadTimeScores: the {what} is NaN or infinite at {int(bad.sum())} scored "
+                                    "pixel(s); leave them out of the mask")
+
+    def _add(self, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray,
+             observed: scores.ObservedFractions) -> None:
+        table = scores.contingency_sums(forecast, observation, mask, self.thresholds)
+        errors = scores.error_sums(forecast, observation, mask)
+        fss = scores.fss_sums(forecast, observed)
+        self.n_times += 1
+        self.n_pixels += table.n.numpy()
+        self.hits += table.hits.numpy()
+        self.forecast_events += table.forecast_events.numpy()
+        self.observed_events += table.observed_events.numpy()
+        self.sum_abs_error += errors.sum_abs_error.numpy()
+        self.sum_error += errors.sum_error.numpy()
+        self.fss_num += fss.diff_sq.numpy()
+        self.fss_den += (fss.fct_sq + fss.obs_sq).numpy()
+
+    def merge(self, other: LeadTimeScores) -> None:
+        """Add the sums of an accumulator with the same leads, thresholds and windows."""
+        if (other.n_leads, other.thresholds, other.fss_threshold, other.windows) != (
+                self.n_leads, self.thresholds, self.fss_threshold, self.windows):
+            raise VerificationError("LeadTimeScores: cannot merge accumulators of other leads, thresholds or windows")
+        for name in ("hits", "forecast_events", "observed_events", "n_pixels", "n_times", "sum_abs_error",
+                     "sum_error", "fss_num", "fss_den"):
+            getattr(self, name).__iadd__(getattr(other, name))
 
     # ------------------------------------------------------------------ results
+    def lead_sums(self, lead: int) -> LeadSums:
+        """The counts and sums of one lead, keyed by threshold label and FSS metric name."""
+        labels = [format_value(t) for t in self.thresholds]
+        names = [self.fss_name(w) for w in self.windows]
+        return LeadSums(
+            n=int(self.n_pixels[lead]), times=int(self.n_times[lead]),
+            sum_abs_error=float(self.sum_abs_error[lead]), sum_error=float(self.sum_error[lead]),
+            hits={t: float(self.hits[lead, k]) for k, t in enumerate(labels)},
+            forecast_events={t: float(self.forecast_events[lead, k]) for k, t in enumerate(labels)},
+            observed_events={t: float(self.observed_events[lead, k]) for k, t in enumerate(labels)},
+            fss_diff_sq={s: float(self.fss_num[lead, i]) for i, s in enumerate(names)},
+            fss_den={s: float(self.fss_den[lead, i]) for i, s in enumerate(names)})
+
     def contingency(self) -> dict[str, np.ndarray]:
         """Hits, misses, false alarms and correct negatives, int64 arrays (n_leads, n_thresholds)."""
         hits = self.hits
@@ -248,54 +300,68 @@ class LeadTimeScores:
         return {"hits": hits.copy(), "misses": misses, "false_alarms": false_alarms,
                 "correct_negatives": correct_negatives}
 
+    def _table(self, key: str) -> np.ndarray:
+        return np.array([[self.lead_sums(k).scores()[f"{key}@{format_value(t)}"] for t in self.thresholds]
+                         for k in range(self.n_leads)])
+
     def csi(self) -> np.ndarray:
-        c = self.contingency()
-        return _ratio(c["hits"], c["hits"] + c["misses"] + c["false_alarms"])
+        return self._table("csi")
 
     def pod(self) -> np.ndarray:
-        c = self.contingency()
-        return _ratio(c["hits"], c["hits"] + c["misses"])
+        return self._table("pod")
 
     def far(self) -> np.ndarray:
-        c = self.contingency()
-        return _ratio(c["false_alarms"], c["hits"] + c["false_alarms"])
+        return self._table("far")
+
+    def frequency_bias(self) -> np.ndarray:
+        return self._table("fbi")
 
     def fss(self) -> np.ndarray:
         """(n_leads, n_windows): 1 - sum (Pf - Po)^2 / sum (Pf^2 + Po^2); NaN where neither field has events."""
-        return 1.0 - _ratio(self.fss_num, self.fss_den)
+        return scores.fss(self.fss_num, self.fss_den, np.zeros_like(self.fss_den)).numpy()
 
     def mae(self) -> np.ndarray:
-        return _ratio(self.sum_abs_error, self.n_pixels)
+        return scores.mae(self.sum_abs_error, self.n_pixels).numpy()
 
     def bias(self) -> np.ndarray:
         """Mean of forecast minus observation (mm h-1)."""
-        return _ratio(self.sum_error, self.n_pixels)
+        return scores.ratio(self.sum_error, self.n_pixels).numpy()
 
     def fss_name(self, window: FssWindow) -> str:
         return f"fss@{format_value(self.fss_threshold)}_{window.name}"
 
     def metric_names(self) -> list[str]:
         names: list[str] = []
-        for key in ("csi", "pod", "far"):
+        for key in ("csi", "pod", "far", "fbi"):
             names += [f"{key}@{format_value(t)}" for t in self.thresholds]
         names += [self.fss_name(w) for w in self.windows]
         return [*names, "mae", "bias"]
 
     def scores(self) -> Iterator[Score]:
-        """Every score of every lead time, with the number of scored pixels as the sample count."""
-        tables = {"csi": self.csi(), "pod": self.pod(), "far": self.far()}
-        fss, mae, bias = self.fss(), self.mae(), self.bias()
-        counts = self.contingency()
+        """Every score and count of every lead time, with the number of scored pixels as the sample count."""
         for lead in range(self.n_leads):
             n = int(self.n_pixels[lead])
-            for key, table in tables.items():
-                for k, t in enumerate(self.thresholds):
-                    yield Score(lead, f"{key}@{format_value(t)}", float(table[lead, k]), n)
-            for s, window in enumerate(self.windows):
-                yield Score(lead, self.fss_name(window), float(fss[lead, s]), n)
-            yield Score(lead, "mae", float(mae[lead]), n)
-            yield Score(lead, "bias", float(bias[lead]), n)
-            for key, table in counts.items():
-                for k, t in enumerate(self.thresholds):
-                    yield Score(lead, f"{key}@{format_value(t)}", float(table[lead, k]), n)
-            yield Score(lead, "analysis_times", float(self.n_times[lead]), n)
+            for metric, value in self.lead_sums(lead).scores().items():
+                yield Score(lead, metric, value, n)
+
+
+def score_methods(accumulators: Mapping[str, LeadTimeScores], forecasts: Mapping[str, np.ndarray],
+                  observation: np.ndarray, mask: np.ndarray) -> None:
+    """Add one analysis time of every method, all on one observation and mask (n_leads, H, W).
+
+    The observation's FSS fractions are computed once and shared by every method.
+    """
+    first = next(iter(accumulators.values()))
+    shape = (first.n_leads, *observation.shape[-2:])
+    if mask.shape != shape or mask.ndim != 3:
+        raise VerificationError(f"LeadTimeScores: mask has shape {mask.shape}, expected {shape}")
+    if mask.dtype != np.bool_:
+        raise VerificationError(f"LeadTimeScores: the mask must be boolean (True = scored), got {mask.dtype}")
+    first._check("observation", observation, shape, mask)
+    for name, acc in accumulators.items():
+        if (acc.n_leads, acc.fss_threshold, acc.windows) != (first.n_leads, first.fss_threshold, first.windows):
+            raise VerificationError(f"LeadTimeScores: {name} has other leads or FSS windows than the others")
+        acc._check("forecast", forecasts[name], shape, mask)
+    observed = scores.observed_fractions(observation, mask, first.fss_threshold, [w.pixels for w in first.windows])
+    for name, acc in accumulators.items():
+        acc._add(forecasts[name], observation, mask, observed)

@@ -42,6 +42,7 @@ from meteovision.pipeline.checkpoints.loading import InferenceModel, load_infere
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
 from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
 from meteovision.pipeline.inference.tiling import TilingSettings
+from meteovision.pipeline.verification.baselines import persist
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ class NowcastInput:
     frames: np.ndarray
     time_step_minutes: float
     pixel_size_m: float
+    #: The Lucas-Kanade motion of these frames when already computed (the evaluator computes it once per
+    #: analysis time and shares it between LK, S-PROG and the mask); None = compute when needed.
+    motion: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: :func:`source_inside_mask` of these frames along ``motion`` for the first leads, when already computed.
+    inside: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames, dtype=np.float32)
@@ -191,8 +197,11 @@ def _filled_dbr(past: NowcastInput, n: int, what: str) -> np.ndarray:
 def lucas_kanade_motion(past: NowcastInput) -> np.ndarray:
     """``(2, H, W)`` motion in pixels per time step (x eastward along columns, then y along rows).
 
-    pysteps' dense Lucas-Kanade on the last three frames in dBR, gaps filled with the zero value.
+    pysteps' dense Lucas-Kanade on the last three frames in dBR, gaps filled with the zero value;
+    ``past.motion`` when the caller computed it already.
     """
+    if past.motion is not None:
+        return past.motion
     what = "Lucas-Kanade motion"
     _require_pysteps(what)
     from pysteps import motion
@@ -226,6 +235,8 @@ def source_inside_mask(past: NowcastInput, n_leads: int, motion: np.ndarray | No
     when None); a pixel counts where it stays >= 0.999, so a source even partly outside does not.
     """
     _check_leads(n_leads)
+    if past.inside is not None and past.inside.shape[0] >= n_leads and (motion is None or motion is past.motion):
+        return past.inside[:n_leads]
     velocity = _motion_for(past, motion)
     _require_pysteps("source_inside_mask")
     from pysteps.extrapolation.semilagrangian import extrapolate
@@ -247,7 +258,7 @@ class Persistence:
 
     def forecast(self, past: NowcastInput, n_leads: int) -> np.ndarray:
         _check_leads(n_leads)
-        return np.repeat(past.frames[-1:], n_leads, axis=0)
+        return persist(past.frames, n_leads)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from meteovision.pipeline.inference.atomic import atomic_write
 from meteovision.pipeline.inference.geography import draw_geography, has_geography
 from meteovision.pipeline.inference.quicklook import NODATA_COLOUR, RAIN_ABOVE, RAIN_COLOURS, RAIN_LEVELS
+from meteovision.pipeline.verification import scores
 from meteovision.pipeline.verification.lead_scores import format_value
 
 if TYPE_CHECKING:
@@ -86,10 +87,8 @@ def write_skill_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
 
 
 def _csi(forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray, threshold: float = 1.0) -> float:
-    f = (forecast >= threshold) & mask
-    o = (observation >= threshold) & mask
-    den = int((f | o).sum())
-    return int((f & o).sum()) / den if den else math.nan
+    table = scores.contingency_sums(forecast[None], observation[None], mask[None], [threshold]).table()
+    return float(scores.csi(table["hits"], table["misses"], table["false_alarms"])[0, 0])
 
 
 def _map_panels(case: MapCase) -> list[tuple[str, np.ndarray]]:
