@@ -104,8 +104,10 @@ def filter_figures(png: Path) -> str:
     if not npz.is_file():
         return ""
     with np.load(npz) as data:
-        return ", ".join(f"filter {f}: {b:.3g} -> {a:.3g}" for f, b, a in
-                         zip(data["filters"], data["initial_activation"], data["final_activation"], strict=True))
+        raised = data["raised"] if "raised" in data else np.ones(len(data["filters"]), dtype=bool)
+        return ", ".join(f"filter {f}: {b:.3g} -> {a:.3g}{'' if ok else ' (no clear rise)'}" for f, b, a, ok in
+                         zip(data["filters"], data["initial_activation"], data["final_activation"], raised,
+                             strict=True))
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:

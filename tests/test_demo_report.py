@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from meteovision.pipeline.demo_report import headline_of, html_report, summary_rows, write_metrics_csv
+import numpy as np
+
+from meteovision.pipeline.demo_report import filter_figures, headline_of, html_report, summary_rows, write_metrics_csv
 
 REPORT: dict[str, object] = {
     "baseline": "visibility_rule",
@@ -38,3 +40,11 @@ def test_metrics_csv_and_html(tmp_path: Path) -> None:
     assert "<p>&lt;b&gt;&amp;</p>" in page and "<th>a&lt;</th>" in page
     assert 'src="data:image/png;base64,iVBORw0KGgo="' in page
     assert '<a href="metrics/v.csv">' in page
+
+
+def test_filter_figures_from_npz(tmp_path: Path) -> None:
+    png = tmp_path / "filters_x.png"
+    np.savez(png.with_suffix(".npz"), filters=np.array([3, 7]), initial_activation=np.array([0.08, -1.19]),
+             final_activation=np.array([3.1, -1.08]), raised=np.array([True, False]))
+    assert filter_figures(png) == "filter 3: 0.08 -> 3.1, filter 7: -1.19 -> -1.08 (no clear rise)"
+    assert filter_figures(tmp_path / "other.png") == ""
