@@ -44,7 +44,14 @@ DEMO_BUDGET: dict[str, tuple[int, int]] = {
     "sat2precip": (4, 20),
     "radar_cleaning": (4, 20),
     "webcam_snow": (3, 12),
-    "webcam_visibility": (4, 8),
+    "webcam_visibility": (10, 12),
+}
+
+#: Per-application config overrides for the demo's budget. The packaged visibility ResNet-50 at 96 px
+#: loses to its rule after 32 steps (macro-F1 0.15 vs 0.27); a ResNet-18 at 64 px for 120 steps beats
+#: it (0.44 vs 0.29) with about 3/4 of the old budget's training FLOPs.
+DEMO_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "webcam_visibility": ("--model.init_args.model", "resnet18", "--data.init_args.image_size", "64"),
 }
 
 
@@ -117,6 +124,7 @@ def run_app(app: str, out: Path, seed: int, train: bool, epochs: int | None, exp
     max_epochs, batches = DEMO_BUDGET[app]
     overrides = [
         "--config", app,
+        *DEMO_OVERRIDES.get(app, ()),
         "--trainer.max_epochs", str(epochs or max_epochs),
         "--trainer.limit_train_batches", str(batches),
         "--trainer.enable_progress_bar", "false",
@@ -128,8 +136,8 @@ def run_app(app: str, out: Path, seed: int, train: bool, epochs: int | None, exp
         result.ok, result.error = False, f"fit failed (exit {fit.returncode}); see {log_path}"
         return result
     result.checkpoint = ckpt
-    test = _run(_cli("test", "--config", app, "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"),
-                out, log_path)
+    test = _run(_cli("test", "--config", app, *DEMO_OVERRIDES.get(app, ()), "--ckpt_path", str(ckpt),
+                     "--trainer.enable_progress_bar", "false"), out, log_path)
     if test.returncode != 0:
         result.ok, result.error = False, f"test failed (exit {test.returncode}); see {log_path}"
         return result

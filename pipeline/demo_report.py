@@ -35,7 +35,7 @@ HEADLINE_METRIC: dict[str, tuple[str, str, bool]] = {
 
 #: Why a model may lose to its baseline in the demo, written beside it in the summary.
 KNOWN_LOSSES: dict[str, str] = {
-    "webcam_visibility": "a ResNet-50 trained for 32 steps on 192 images has not learnt the four "
+    "webcam_visibility": "a classifier trained for a few minutes on 192 images may not have learnt the four "
                          "classes yet; the full config beats the rule (README)",
 }
 

@@ -22,7 +22,7 @@ def test_headline_winner_and_note() -> None:
     assert (h.model, h.baseline, h.winner) == (0.15, 0.27, "baseline")
     row = summary_rows([h])[1]
     assert row[:6] == ["webcam_visibility", "macro-F1", "0.150", "visibility_rule", "0.270", "baseline"]
-    assert "ResNet-50" in row[6]
+    assert "192 images" in row[6]
     rmse = headline_of("sat2precip", {"baseline": "b", "model_scores": {"reg/rmse": 1.0},
                                       "baseline_scores": {"reg/rmse": 2.0}})
     assert rmse.winner == "model" and summary_rows([rmse])[1][6] == ""  # lower RMSE wins, no note
