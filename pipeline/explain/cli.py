@@ -39,26 +39,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input side used to trace the network (default 64; classifiers: their image size)")
 
     filters = sub.add_parser("filters", help="activation maximisation: inputs that excite chosen filters",
-                             description="Gradient ascent on the input of the frozen network (jitter, blur, "
-                                         "L2 decay, normalised gradients, clamp) for each chosen filter.")
+                             description="Gradient ascent (Adam, jitter, blur, clamp to a plausible range) on the "
+                                         "input of the frozen network for each chosen filter's pre-activation; "
+                                         "the grid shows each response to a featureless input -> to the "
+                                         "optimised one.")
     filters.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by `meteovision fit`")
     filters.add_argument("--layer", required=True,
                          help="Conv2d name from `explain layers`, or 'first' / 'last' (encoder ends)")
     filters.add_argument("--filters", default=None, metavar="LIST",
-                         help=f"indices and ranges, e.g. 0-15 or 0,3,8-11 (default: the first {DEFAULT_FILTERS})")
+                         help=f"indices and ranges, e.g. 0-15 or 0,3,8-11 (default: the {DEFAULT_FILTERS} that random "
+                              "starting fields excite most)")
     filters.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG and npz")
     filters.add_argument("--size", type=int, default=None,
                          help="side of the optimised input in pixels (default 64; classifiers: their image size)")
     filters.add_argument("--steps", type=int, default=200, help="gradient ascent steps")
     filters.add_argument("--lr", type=float, default=0.1,
-                         help="step per pixel in normalised units (the gradient is divided by its RMS)")
+                         help="Adam's step per pixel in normalised units")
     filters.add_argument("--seed", type=int, default=0, help="seed of the starting noise and the jitter")
     filters.add_argument("--jitter", type=int, default=2, help="largest random roll per step, in pixels")
     filters.add_argument("--blur-every", type=int, default=4, help="blur every N steps (0: never)")
     filters.add_argument("--blur-sigma", type=float, default=0.5, help="Gaussian blur sigma in pixels")
-    filters.add_argument("--l2-decay", type=float, default=1e-3, help="fraction the input shrinks each step")
+    filters.add_argument("--l2-decay", type=float, default=0.0,
+                         help="fraction the input shrinks towards the training mean each step")
     filters.add_argument("--clamp", type=float, default=3.0,
-                         help="keep the input within +-CLAMP (standard deviations of the training data)")
+                         help="keep the input below +CLAMP and above -CLAMP or the physical floor (standard "
+                              "deviations of the training data)")
 
     saliency = sub.add_parser("saliency", help="gradient of a prediction with respect to its input",
                               description="Where a prediction looks: |d prediction / d input| per input "
