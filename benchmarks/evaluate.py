@@ -11,8 +11,9 @@ Measured in one run, on the real series of a packaged evaluate config (read once
   the scoring (the kernel's box sums) and the bookkeeping. Target <= 0.20.
   pysteps and OpenCV are imported before the timing (once per process, not per analysis time).
 * the wall time of 2 workers over that of 1 on the same analysis times (target <= 0.6), and a
-  check that both give the same scores. The workers are spawned processes, so their start
-  (importing meteovision, torch and pysteps) is counted: it pays off over many analysis times.
+  check that both give the same scores. The workers fork from a fork server that imported the
+  evaluation once; each still imports pysteps on its first task, which is counted: it pays off over
+  many analysis times.
 
 The figures depend on the machine's load: the script prints the CPU count and load average
 beside them. Without the data (``../shared/data`` beside the checkout, or ``--data-root``)

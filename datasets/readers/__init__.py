@@ -1,4 +1,4 @@
-"""File readers: ODIM_H5, GeoTIFF, CF NetCDF and webcam images to one ``xarray.Dataset`` shape.
+"""File readers: ODIM_H5, GeoTIFF, CF NetCDF, GRIB2 and webcam images to one ``xarray.Dataset`` shape.
 
 Pick by content with ``open_dataset``/``open_series``, or by name with ``get_reader``.
 The output shape is written down in ``meteovision.datasets.conventions``.
