@@ -40,28 +40,15 @@ from meteovision.pipeline.explain.saliency import (
 )
 from meteovision.pipeline.inference.inputs import InputSpec, read_frames
 from meteovision.pipeline.inference.outputs import output_path
-from tests.predict_helpers import Trained, bow_checkpoint, nowcast_checkpoint, webcam_checkpoint
+from tests.predict_helpers import Trained, bow, nowcast, webcam
 from tests.product_helpers import run_cf_checker
+
+__all__ = ["bow", "nowcast", "webcam"]  # module-scoped fixtures, shared (tests.predict_helpers)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = AscentSettings(steps=100)
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def bow(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return bow_checkpoint(tmp_path_factory.mktemp("bow"))
-
-
-@pytest.fixture(scope="module")
-def nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return nowcast_checkpoint(tmp_path_factory.mktemp("nowcast"))
-
-
-@pytest.fixture(scope="module")
-def webcam(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return webcam_checkpoint(tmp_path_factory.mktemp("webcam"))
 
 
 def random_convnet() -> nn.Module:
