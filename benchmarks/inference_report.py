@@ -3,56 +3,22 @@
 from __future__ import annotations
 
 import logging
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from bench_common import Timing
-from inference_setup import (  # noqa: F401
-    _TILES,
-    CHILD_PREFIX,
-    DBZH_INPUT,
-    FMI_SUBDIR,
-    GIB,
-    MASK_VARIABLE,
+from bench_common import machine_info as common_machine_info
+from inference_setup import (
     MAX_END_TO_END_RATIO,
     MAX_FMI_RSS_GIB,
     MIN_SPEEDUP_OVER_NAIVE,
-    MODEL_NAME,
-    MODEL_SETTINGS,
-    MODES,
-    NAIVE,
-    NAIVE_DESCRIPTION,
     PRECISION_LABELS,
-    PRECISIONS,
-    PROBABILITY_VARIABLE,
-    RATE_INPUT,
     STAGES,
-    TILE_BATCH,
-    TILE_OVERLAP,
-    TILE_SIZE,
-    BenchData,
     BenchSettings,
     Headline,
-    InputKind,
-    Mode,
-    Models,
-    UsedPrecision,
-    best_modes,
-    full_frame_forward,
-    load_models,
-    make_checkpoint,
     mode_named,
-    mode_runner,
-    naive_forward,
-    product_difference,
-    time_candidates,
-    time_interleaved,
-    write_rate_composite,
 )
 
 from meteovision.pipeline.inference.predict import (
@@ -142,15 +108,7 @@ class Results:
 def machine_info(
     settings: BenchSettings, load_start: Sequence[float], load_end: Sequence[float]
 ) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": settings.threads,
-        "load_average_start": list(load_start),
-        "load_average_end": list(load_end),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "native_bf16": cpu_has_native_bf16(),
-    }
+    return {**common_machine_info(settings.threads, load_start, load_end), "native_bf16": cpu_has_native_bf16()}
 
 
 def _verdict(ok: bool | None) -> str:

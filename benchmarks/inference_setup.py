@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from bench_common import SHARED_DATA, BenchmarkError, Timing
+from bench_common import SHARED_DATA, BenchmarkError, Timing, check_counts
 from torch import Tensor
 
 from meteovision.datasets.normalization import NormalizationStats
@@ -69,13 +69,9 @@ class BenchSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("size", "repeats", "candidate_repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, ("size", "repeats", "candidate_repeats", "threads"), ("warmup",))
         if self.size < 32:
             raise BenchmarkError(f"size must be >= 32 pixels (the U-Net halves it 4 times), got {self.size}")
-        if self.warmup < 0:
-            raise BenchmarkError(f"warmup must be >= 0, got {self.warmup}")
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from bench_common import SHARED_DATA, BenchmarkError
+from bench_common import SHARED_DATA, BenchmarkError, check_counts
+from bench_common import machine_info as common_machine_info
 from torch.utils.data import DataLoader
 
 from meteovision.datasets.torch_datasets import Sample
@@ -51,11 +49,7 @@ class BenchSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "patch_size", "batches", "step_repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.step_warmup < 0:
-            raise BenchmarkError(f"step_warmup must be >= 0, got {self.step_warmup}")
+        check_counts(self, ("batch_size", "patch_size", "batches", "step_repeats", "threads"), ("step_warmup",))
         if not self.workers or min(self.workers) < 0:
             raise BenchmarkError(f"worker counts must be >= 0, got {self.workers}")
         unknown = [c for c in self.cases if c not in CASES]
@@ -124,15 +118,8 @@ class CaseResult:
 def machine_info(
     settings: BenchSettings, load_start: Sequence[float], load_end: Sequence[float]
 ) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": settings.threads,
-        "start_method": multiprocessing.get_start_method(allow_none=False),
-        "load_average_start": list(load_start),
-        "load_average_end": list(load_end),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    return {**common_machine_info(settings.threads, load_start, load_end),
+            "start_method": multiprocessing.get_start_method(allow_none=False)}
 
 
 def format_table(results: Sequence[CaseResult], batch_size: int) -> str:

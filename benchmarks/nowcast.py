@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from bench_common import BenchmarkError, Timing
+from bench_common import BenchmarkError, Timing, check_counts
+from bench_common import machine_info as common_machine_info
 
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.synthetic.nowcast import RADAR_STEP_MINUTES, simulate_rain_event
@@ -80,13 +80,9 @@ class BenchSettings:
     tile_size: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("leads", "repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_counts(self, ("leads", "repeats", "threads"), ("warmup",))
         if min(self.height, self.width) < 32:
             raise BenchmarkError(f"the domain must be at least 32 x 32 pixels, got {self.height} x {self.width}")
-        if self.warmup < 0:
-            raise BenchmarkError(f"warmup must be >= 0, got {self.warmup}")
 
 
 # -- network checkpoint -----------------------------------------------------------------------------------
@@ -284,16 +280,8 @@ def package_version(name: str) -> str | None:
 
 
 def machine_info(settings: BenchSettings, load_start: Sequence[float], load_end: Sequence[float]) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "threads": settings.threads,
-        "load_average_start": list(load_start),
-        "load_average_end": list(load_end),
-        "torch": torch.__version__,
-        "pysteps": package_version("pysteps"),
-        "opencv": package_version("opencv-python-headless") or package_version("opencv-python"),
-        "python": platform.python_version(),
-    }
+    return {**common_machine_info(settings.threads, load_start, load_end), "pysteps": package_version("pysteps"),
+            "opencv": package_version("opencv-python-headless") or package_version("opencv-python")}
 
 
 def report_lines(res: Results) -> list[str]:

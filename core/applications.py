@@ -118,6 +118,7 @@ LABEL_COLUMNS: tuple[str, ...] = ("path", "camera", "time", "snow_class", "visib
 
 RATE = Variable("RATE", "mm h-1", "rainfall_rate")
 DBZH = Variable("DBZH", "dBZ", "equivalent_reflectivity_factor")
+CLOUD = Variable("cloud_area_fraction", "1", "cloud_area_fraction")
 _RGB = (Variable("red", "1"), Variable("green", "1"), Variable("blue", "1"))
 _CSI = HeadlineMetric("cont/csi@0.5", "CSI", True)
 _F1 = HeadlineMetric("cls/f1_macro", "macro-F1", True)
@@ -155,8 +156,8 @@ _TABLE: tuple[Application, ...] = (
     Application(
         name="nowcast_cloudiness",
         kind=TaskKind.NOWCAST,
-        inputs=(Variable("cloud_area_fraction", "1", "cloud_area_fraction"),),
-        targets=(Variable("cloud_area_fraction", "1", "cloud_area_fraction"),),
+        inputs=(CLOUD,),
+        targets=(CLOUD,),
         baseline="persistence",
         headline_metric=HeadlineMetric("lead030_cont/csi@0.5", "CSI 0.5 +30 min", True),
         extra_metrics=(HeadlineMetric("lead030_reg/mae", "MAE +30 min", False),),

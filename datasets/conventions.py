@@ -59,3 +59,12 @@ def projection_coords(x: np.ndarray, y: np.ndarray) -> dict[str, xr.DataArray]:
             attrs={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"},
         ),
     }
+
+
+def dbz_to_rate(dbz: np.ndarray, a: float = 223.0, b: float = 1.53) -> np.ndarray:
+    """Rain rate (mm h-1) from reflectivity (dBZ) by Z = a R^b, Z in mm6 m-3; NaN stays NaN.
+
+    The one Z-R conversion: archive training and radar verification both use it.
+    """
+    z = np.power(10.0, dbz.astype(np.float64) / 10.0)
+    return np.power(z / a, 1.0 / b).astype(np.float32)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from meteovision.datasets.errors import MeteovisionError
 
@@ -56,6 +56,17 @@ class EpochSampler(Sampler[tuple[int, int]]):
         )
         for i in order:
             yield epoch, int(i)
+
+
+def split_loader(
+    ds: Dataset[Sample], split: str, *, batch_size: int, num_workers: int, seed: int
+) -> DataLoader[Sample]:
+    """The loader of one split: epoch-keyed shuffled sampling for "train", the fixed order otherwise."""
+    workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
+    if split == "train":
+        sampler = EpochSampler(len(ds), shuffle=True, seed=seed)  # type: ignore[arg-type]
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, **workers)  # type: ignore[arg-type]
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, **workers)  # type: ignore[arg-type]
 
 
 def split_key(key: SampleKey) -> tuple[int, int]:

@@ -15,8 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from meteovision.workflows.discovery import (
     FileFacts,
 )
@@ -24,7 +22,7 @@ from meteovision.workflows.operational_config import (
     OperationalConfig,
     parse_config,
 )
-from tests.predict_helpers import Trained, bow_checkpoint, nowcast_checkpoint
+from tests.predict_helpers import Trained, bow, nowcast
 
 __all__ = ["bow", "nowcast"]
 
@@ -36,16 +34,6 @@ PRODUCT = "meteovision_bow_echo_halfunet_{:%Y%m%dT%H%MZ}.nc"
 
 
 # ----------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def bow(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return bow_checkpoint(tmp_path_factory.mktemp("bow"))
-
-
-@pytest.fixture(scope="module")
-def nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return nowcast_checkpoint(tmp_path_factory.mktemp("nowcast"))
 
 
 def radar_files(trained: Trained, day: str) -> list[Path]:

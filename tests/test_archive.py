@@ -10,11 +10,12 @@ import pytest
 import torch
 import zarr
 
-from meteovision.datasets.archive.conversions import block_mean, convert
+from meteovision.datasets.archive.conversions import convert
 from meteovision.datasets.archive.datamodule import ArchiveDataModule
 from meteovision.datasets.archive.events import DrySampling, sequence_windows, split_labels
 from meteovision.datasets.archive.sources import ArchiveError, Conversion, SourceSettings, TimeWindow
 from meteovision.datasets.archive.store import COMMITTED, append_source, build_store, load_store
+from meteovision.datasets.readers.coarsen import reduce_blocks
 from tests.conftest import OdimField, OdimFile, OdimGrid, write_odim
 
 GRID = OdimGrid(nx=36, ny=20)
@@ -67,9 +68,10 @@ def test_conversions_by_hand() -> None:
     zr = SourceSettings(name="z", glob="*", variable="DBZH", conversion="dbz_to_rate", zr_a=200.0, zr_b=1.6)
     # 23 dBZ: Z = 10**2.3 = 199.5 -> R = (199.5 / 200) ** (1 / 1.6) = 0.9984
     assert convert(np.array([23.0]), zr, None)[0] == pytest.approx(0.99844, rel=1e-4)
-    # block mean of linear Z: 10 dBZ and 20 dBZ -> 10 log10((10 + 100) / 2) = 17.40 dBZ; an all-NaN block is NaN
+    # the readers' block mean (the archive's reads use it) is of linear Z:
+    # 10 dBZ and 20 dBZ -> 10 log10((10 + 100) / 2) = 17.40 dBZ; an all-NaN block is NaN
     db = np.array([[10.0, 20.0, np.nan, np.nan]])
-    out = block_mean(np.vstack([db, db]), 2, linear_db=True)
+    out = reduce_blocks(np.vstack([db, db]).astype(np.float32), 2, "mean", linear_db=True)
     assert out[0, 0] == pytest.approx(17.4036, abs=1e-3) and np.isnan(out[0, 1])
 
 

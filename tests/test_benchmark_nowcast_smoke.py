@@ -54,7 +54,7 @@ def test_benchmark_runs_and_reports(bench: ModuleType, tmp_path: Path, capsys: p
     figures = json.loads(out.read_text(encoding="utf-8"))
 
     assert figures["settings"]["height"] == 48 and figures["settings"]["leads"] == 8
-    assert figures["machine"]["threads"] == 1
+    assert figures["machine"]["torch_threads"] == 1
     assert figures["data"]["shape"] == [4, 48, 56] and figures["data"]["wet_fraction_last"] > 0
     assert figures["network"]["trained_leads"] == 6  # 8 leads: two past the trained ones
     timings = {t["name"]: t for t in figures["timings"]}

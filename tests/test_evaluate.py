@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from meteovision.datasets.conventions import dbz_to_rate
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.readers.coarsen import reduce_blocks
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.verification.evaluate import run_evaluation
 from meteovision.pipeline.verification.evaluate_config import EvaluationError, load_config
-from meteovision.pipeline.verification.radar_series import analysis_indices, dbz_to_rate
+from meteovision.pipeline.verification.radar_series import analysis_indices
 from tests.conftest import NcFile, write_netcdf
 from tests.predict_helpers import nowcast_checkpoint
 

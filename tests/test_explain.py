@@ -47,8 +47,10 @@ from meteovision.pipeline.explain.saliency import (
 from meteovision.pipeline.inference.inputs import InputSpec, read_frames
 from meteovision.pipeline.inference.outputs import output_path
 from meteovision.pipeline.training.tasks import SegmentationTask
-from tests.predict_helpers import SAMPLE, Trained, bow_checkpoint, fit_checkpoint, nowcast_checkpoint, webcam_checkpoint
+from tests.predict_helpers import SAMPLE, Trained, bow, fit_checkpoint, nowcast, webcam
 from tests.product_helpers import run_cf_checker
+
+__all__ = ["bow", "nowcast", "webcam"]  # module-scoped fixtures, shared (tests.predict_helpers)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,21 +58,6 @@ FAST = AscentSettings(steps=100)
 #: A near-flat start: a single ReLU'd filter has no gradient where it does not respond yet.
 EDGE = AscentSettings(steps=60, init_spread=0.02)
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-@pytest.fixture(scope="module")
-def bow(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return bow_checkpoint(tmp_path_factory.mktemp("bow"))
-
-
-@pytest.fixture(scope="module")
-def nowcast(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return nowcast_checkpoint(tmp_path_factory.mktemp("nowcast"))
-
-
-@pytest.fixture(scope="module")
-def webcam(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    return webcam_checkpoint(tmp_path_factory.mktemp("webcam"))
 
 
 def random_convnet() -> nn.Module:

@@ -32,7 +32,8 @@ from meteovision.datasets.archive.series import SourceSeries, load_raw
 from meteovision.datasets.archive.sources import ArchiveError, SourceSettings, resolve_root
 from meteovision.datasets.archive.store import load_store
 from meteovision.datasets.normalization import NormalizationStats, StatsAccumulator
-from meteovision.datasets.torch_datasets import EpochSampler, Sample, lead_names
+from meteovision.datasets.sampling import split_loader
+from meteovision.datasets.torch_datasets import Sample, lead_names
 
 LOG = logging.getLogger(__name__)
 
@@ -203,11 +204,8 @@ class ArchiveDataModule(LightningDataModule):
         return self._datasets[split]
 
     def _loader(self, split: str) -> DataLoader[Sample]:
-        ds = self.dataset(split)
-        kw: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
-        if split == "train":
-            return DataLoader(ds, batch_size=self.batch_size, sampler=EpochSampler(len(ds), True, self.seed), **kw)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, **kw)
+        return split_loader(self.dataset(split), split, batch_size=self.batch_size, num_workers=self.num_workers,
+                            seed=self.seed)
 
     def train_dataloader(self) -> DataLoader[Sample]:
         return self._loader("train")

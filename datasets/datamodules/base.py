@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from meteovision.datasets.catalog import CatalogError, Manifest, has_manifest
 from meteovision.datasets.datamodules.settings import LoaderSettings, SplitSettings
 from meteovision.datasets.normalization import NormalizationError, NormalizationStats
+from meteovision.datasets.sampling import split_loader
 from meteovision.datasets.splits import SPLIT_NAMES, TimeSplit, split_by_time
-from meteovision.datasets.torch_datasets import EpochSampler, Sample, SamplingError
+from meteovision.datasets.torch_datasets import Sample, SamplingError
 
 LOG = logging.getLogger(__name__)
 
@@ -199,14 +200,8 @@ class _BaseDataModule(LightningDataModule):
         raise NotImplementedError
 
     def _loader(self, split: str) -> DataLoader[Sample]:
-        ds = self.dataset(split)
-        n_workers = self.loader.num_workers
-        workers = {"num_workers": n_workers, "persistent_workers": n_workers > 0}
-        batch = self.loader.batch_size
-        if split == "train":
-            sampler = EpochSampler(len(ds), shuffle=True, seed=self.seed)  # type: ignore[arg-type]
-            return DataLoader(ds, batch_size=batch, sampler=sampler, **workers)  # type: ignore[arg-type]
-        return DataLoader(ds, batch_size=batch, shuffle=False, **workers)  # type: ignore[arg-type]
+        return split_loader(self.dataset(split), split, batch_size=self.loader.batch_size,
+                            num_workers=self.loader.num_workers, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader[Sample]:
         return self._loader("train")

@@ -7,6 +7,7 @@ Class names and visibility bins come from the application table
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Unpack
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -17,6 +18,7 @@ from meteovision.datasets.datamodules.base import _BaseDataModule
 from meteovision.datasets.datamodules.settings import (
     FLAT_KEYS,
     AugmentSettings,
+    ClassificationFlatKeys,
     LoaderSettings,
     SplitSettings,
     grouped_settings,
@@ -61,22 +63,13 @@ class ClassificationDataModule(_BaseDataModule):
         generate_if_missing: str | None = None,
         normalization_path: str | None = None,
         # deprecated flat keys, read for one more release (DeprecationWarning): write them in their group
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        val_fraction: float | None = None,
-        test_fraction: float | None = None,
-        max_gap_minutes: float | None = None,
-        boundary_gap_minutes: float | None = None,
-        split_mode: str | None = None,
-        split_block: str | None = None,
-        flips: bool | None = None,
+        **flat: Unpack[ClassificationFlatKeys],
     ) -> None:
         """``augment.rot90`` is refused: a webcam scene has a sky above."""
         super().__init__()
         self.save_hyperparameters(ignore=list(FLAT_KEYS))
         if label not in LABEL_APPLICATIONS:
             raise SamplingError(f"unknown label {label!r}; choose one of {tuple(LABEL_APPLICATIONS)}")
-        flat = {k: v for k, v in locals().items() if k in FLAT_KEYS}
         owner = type(self).__name__
         split = grouped_settings("split", split, flat, owner)
         loader = grouped_settings("loader", loader, flat, owner)

@@ -7,7 +7,7 @@ defaults below are each family's, and a config's group replaces only the fields 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -17,6 +17,7 @@ from meteovision.datasets.datamodules.base import _BaseDataModule
 from meteovision.datasets.datamodules.settings import (
     FLAT_KEYS,
     AugmentSettings,
+    GriddedFlatKeys,
     LoaderSettings,
     PatchSettings,
     SplitSettings,
@@ -177,32 +178,16 @@ class SegmentationDataModule(_GriddedDataModule):
         generate_if_missing: str | None = None,
         normalization_path: str | None = None,
         # deprecated flat keys, read for one more release (DeprecationWarning): write them in their group
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        val_fraction: float | None = None,
-        test_fraction: float | None = None,
-        max_gap_minutes: float | None = None,
-        boundary_gap_minutes: float | None = None,
-        split_mode: str | None = None,
-        split_block: str | None = None,
-        patch_size: int | None = None,
-        patches_per_frame: int | None = None,
-        min_positive_fraction: float | None = None,
-        positive_patch_probability: float | None = None,
-        positive_threshold: float | None = None,
-        eval_whole_frames: bool | None = None,
-        flips: bool | None = None,
-        rot90: bool | None = None,
+        **flat: Unpack[GriddedFlatKeys],
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(FLAT_KEYS))
-        flat = {k: v for k, v in locals().items() if k in FLAT_KEYS}
         self._init_gridded(
             data_dir=data_dir,
             input_variables=input_variables,
             transforms=transforms,
             groups=(split, loader, patches, augment),
-            flat=flat,
+            flat=dict(flat),
             cache_frames=cache_frames,
             stats_max_frames=stats_max_frames,
             seed=seed,
@@ -259,32 +244,16 @@ class RegressionDataModule(_GriddedDataModule):
         generate_if_missing: str | None = None,
         normalization_path: str | None = None,
         # deprecated flat keys, read for one more release (DeprecationWarning): write them in their group
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        val_fraction: float | None = None,
-        test_fraction: float | None = None,
-        max_gap_minutes: float | None = None,
-        boundary_gap_minutes: float | None = None,
-        split_mode: str | None = None,
-        split_block: str | None = None,
-        patch_size: int | None = None,
-        patches_per_frame: int | None = None,
-        min_positive_fraction: float | None = None,
-        positive_patch_probability: float | None = None,
-        positive_threshold: float | None = None,
-        eval_whole_frames: bool | None = None,
-        flips: bool | None = None,
-        rot90: bool | None = None,
+        **flat: Unpack[GriddedFlatKeys],
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(FLAT_KEYS))
-        flat = {k: v for k, v in locals().items() if k in FLAT_KEYS}
         self._init_gridded(
             data_dir=data_dir,
             input_variables=input_variables,
             transforms=transforms,
             groups=(split, loader, patches, augment),
-            flat=flat,
+            flat=dict(flat),
             cache_frames=cache_frames,
             stats_max_frames=stats_max_frames,
             seed=seed,
@@ -349,34 +318,18 @@ class SequenceDataModule(_GriddedDataModule):
         generate_if_missing: str | None = None,
         normalization_path: str | None = None,
         # deprecated flat keys, read for one more release (DeprecationWarning): write them in their group
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        val_fraction: float | None = None,
-        test_fraction: float | None = None,
-        max_gap_minutes: float | None = None,
-        boundary_gap_minutes: float | None = None,
-        split_mode: str | None = None,
-        split_block: str | None = None,
-        patch_size: int | None = None,
-        patches_per_frame: int | None = None,
-        min_positive_fraction: float | None = None,
-        positive_patch_probability: float | None = None,
-        positive_threshold: float | None = None,
-        eval_whole_frames: bool | None = None,
-        flips: bool | None = None,
-        rot90: bool | None = None,
+        **flat: Unpack[GriddedFlatKeys],
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(FLAT_KEYS))
         if num_input_frames < 1 or num_output_frames < 1:
             raise SamplingError(f"need >= 1 input and output frame, not {num_input_frames}, {num_output_frames}")
-        flat = {k: v for k, v in locals().items() if k in FLAT_KEYS}
         self._init_gridded(
             data_dir=data_dir,
             input_variables=variables,
             transforms=transforms,
             groups=(split, loader, patches, augment),
-            flat=flat,
+            flat=dict(flat),
             cache_frames=cache_frames,
             stats_max_frames=stats_max_frames,
             seed=seed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from meteovision.datasets.splits import BLOCK_KINDS, SPLIT_MODES
 from meteovision.datasets.torch_datasets import AugmentSettings, PatchSettings, SamplingError
@@ -75,6 +75,34 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "flips": ("augment", "flips"),
     "rot90": ("augment", "rot90"),
 }
+
+
+
+class ClassificationFlatKeys(TypedDict, total=False):
+    """The deprecated flat keys a classification module reads (``**flat: Unpack[...]``: LightningCLI sees them)."""
+
+    batch_size: int | None
+    num_workers: int | None
+    val_fraction: float | None
+    test_fraction: float | None
+    max_gap_minutes: float | None
+    boundary_gap_minutes: float | None
+    split_mode: str | None
+    split_block: str | None
+    flips: bool | None
+
+
+class GriddedFlatKeys(ClassificationFlatKeys, total=False):
+    """The deprecated flat keys a gridded module reads: the classification ones and the patch ones."""
+
+    patch_size: int | None
+    patches_per_frame: int | None
+    min_positive_fraction: float | None
+    positive_patch_probability: float | None
+    positive_threshold: float | None
+    eval_whole_frames: bool | None
+    rot90: bool | None
+
 
 S = TypeVar("S", SplitSettings, LoaderSettings, PatchSettings, AugmentSettings)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyproj
 
-from meteovision.datasets.conventions import crs_of
+from meteovision.datasets.conventions import crs_of, dbz_to_rate
 from meteovision.datasets.readers import ReadOptions, WindowSpec, open_series
 from meteovision.pipeline.verification.evaluate_config import EvaluationConfig, EvaluationError
 
@@ -58,12 +58,6 @@ def read_options(cfg: EvaluationConfig) -> ReadOptions:
         window = tuple(tuple(p) for p in cfg.crop_pixels)  # type: ignore[assignment]
     return ReadOptions(variables=(cfg.variable,), window=window, coarsen=cfg.coarsen, coarsen_method="mean",
                        include_quality=False)
-
-
-def dbz_to_rate(dbz: np.ndarray, a: float = 223.0, b: float = 1.53) -> np.ndarray:
-    """Rain rate (mm h-1) from reflectivity (dBZ) by Z = a R^b, Z in mm6 m-3; NaN stays NaN."""
-    z = np.power(10.0, dbz.astype(np.float64) / 10.0)
-    return np.power(z / a, 1.0 / b).astype(np.float32)
 
 
 def _crs_label(crs: pyproj.CRS) -> str:
