@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class MeteovisionError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class ConfigError(MeteovisionError, ValueError):
+    """A configuration value is unknown, missing or of the wrong type; the message names its key."""

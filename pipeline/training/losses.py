@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meteovision.datasets.errors import MeteovisionError
+from meteovision.core.errors import ConfigError, MeteovisionError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-class LossConfigError(MeteovisionError, ValueError):
+class LossConfigError(ConfigError):
     """A loss name or setting in the config is unknown or out of range; the message names it."""
 
 

@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
-from meteovision.core.errors import MeteovisionError
+from meteovision.core.errors import ConfigError
+
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "ConfigError", "build_optimizer", "build_scheduler",
+           "check_optimizer_and_scheduler", "unknown_settings"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -29,11 +32,11 @@ SCHEDULERS: dict[str, type[Any]] = {
 }
 
 
-class ConfigError(MeteovisionError, ValueError):
-    """A configuration value is unknown or of the wrong type; the message names it."""
+def unknown_settings(kind: str, name: str, cls: type[Any], kwargs: Mapping[str, Any], skip: int = 2) -> None:
+    """Refuse keyword arguments that ``cls.__init__`` (past its first ``skip`` parameters) does not take.
 
-
-def _check_kwargs(kind: str, name: str, cls: type[Any], kwargs: Mapping[str, Any], skip: int) -> None:
+    ``kind`` and ``name`` make the message: ``optimizer 'adamw': unknown setting(s) ['lrr']; known: [...]``.
+    """
     params = list(inspect.signature(cls.__init__).parameters.values())[skip:]
     known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     unknown = sorted(set(kwargs) - known)
@@ -48,7 +51,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], settings: Mapping[str,
     if name not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name '{name}' is unknown; known: {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
-    _check_kwargs("optimizer", name, cls, conf, skip=2)
+    unknown_settings("optimizer", name, cls, conf, skip=2)
     try:
         return cls(params, **conf)
     except (TypeError, ValueError) as err:
@@ -66,6 +69,8 @@ def build_scheduler(
     if not settings:
         return None
     conf = dict(settings)
+    if "name" not in conf:
+        raise ConfigError(f"scheduler.name is missing; known: {sorted(SCHEDULERS)}")
     name = str(conf.pop("name")).lower()
     if name not in SCHEDULERS:
         raise ConfigError(f"scheduler.name '{name}' is unknown; known: {sorted(SCHEDULERS)}")
@@ -74,7 +79,7 @@ def build_scheduler(
     if name == "cosine":
         conf.setdefault("T_max", max(1, max_epochs))
     cls = SCHEDULERS[name]
-    _check_kwargs("scheduler", name, cls, conf, skip=2)
+    unknown_settings("scheduler", name, cls, conf, skip=2)
     try:
         scheduler = cls(optimizer, **conf)
     except (TypeError, ValueError) as err:
