@@ -256,7 +256,7 @@ def test_unknown_loss_is_named_with_the_known_ones(tmp_path: Path, capsys: pytes
     code, _ = run_cli(tmp_path, "fit", "--config", SEG_CONFIG, "--model.init_args.loss", "{name: dicee}")
     assert code == 2
     err = capsys.readouterr().err
-    assert "loss 'dicee' is unknown" in err and "bce_dice" in err
+    assert "loss.name 'dicee' is unknown" in err and "bce_dice" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -265,7 +265,7 @@ def test_unknown_loss_is_named_with_the_known_ones(tmp_path: Path, capsys: pytes
     [
         ("--model.init_args.optimizer", "{name: adamx, lr: 0.001}", "optimizer.name 'adamx' is unknown"),
         ("--model.init_args.optimizer", "{name: adamw, lrr: 0.001}", "optimizer 'adamw': unknown setting(s) ['lrr']"),
-        ("--model.init_args.optimizer", "{name: adamw, lr: -1.0}", "optimizer 'adamw': Invalid learning rate"),
+        ("--model.init_args.optimizer", "{name: adamw, lr: -1.0}", "optimizer.lr must be a number > 0, got -1.0"),
         ("--model.init_args.scheduler", "{name: cosinus}", "scheduler.name 'cosinus' is unknown"),
     ],
 )

@@ -8,6 +8,8 @@ Conventions added on top of LightningCLI:
   logger sharing ``save_dir``/``name`` would otherwise take two numbers), and each checkpoint
   records that number so a resumed ``fit`` finds its folder again, CSV history kept;
 - the resolved config is saved beside the logs of every run (LightningCLI's SaveConfigCallback);
+- ``optimizer``, ``scheduler`` and ``loss`` are read from their flat ``{name, **settings}`` mappings
+  into the settings dataclasses of :mod:`.settings` and written back in the same keys;
 - errors of this package (bad model setting, unknown loss, ...) end the command with their
   message and exit status 2, like a wrong key or type in the config does.
 """
@@ -26,6 +28,7 @@ from typing import Any, cast
 
 import lightning.pytorch as L
 import torch
+from jsonargparse.typing import register_type
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -34,6 +37,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import load_metadata
+from meteovision.pipeline.training.settings import LossSettings, OptimizerSettings, SchedulerSettings
 from meteovision.pipeline.training.tasks import MeteoTask
 
 log = logging.getLogger(__name__)
@@ -220,8 +224,19 @@ def _rewrite_configs(argv: Sequence[str]) -> list[str]:
     return [f"--config={resolve_config_path(t.split('=', 1)[1])}" if t.startswith("--config=") else t for t in out]
 
 
+def register_settings_types() -> None:
+    """Let jsonargparse read each settings dataclass from its flat config mapping and write it back so.
+
+    A mapping the dataclass refuses falls through to the ``dict`` of the task's parameter type, and
+    the task's constructor then raises the error naming the key (``meteovision fit: error: ...``).
+    """
+    for cls in (OptimizerSettings, SchedulerSettings, LossSettings):
+        register_type(cls, serializer=cls.to_dict, deserializer=cls.from_config)
+
+
 def build_cli(argv: Sequence[str], run: bool = True) -> MeteoCLI:
     """The LightningCLI instance for ``argv`` (tests call this with ``run=False``)."""
+    register_settings_types()
     return MeteoCLI(
         MeteoTask,
         LightningDataModule,

@@ -1,11 +1,12 @@
 """Lightning tasks: the training, validation and test loops of the four kinds of problem.
 
-A task builds its network from the model registry (name and settings from the config),
-its loss from the loss registry and its optimiser from a mapping, so a scientist changes
-channels, architecture and loss in YAML alone. The number of input and output channels is
-taken from the datamodule when the config leaves it out. Everything inference needs
-(channel names and units, normalisation, class names, versions, data description) is
-written into the checkpoint under the key ``"meteovision"``.
+A task builds its network from the model registry (name and settings from the config), and
+its loss, optimiser and scheduler from settings dataclasses (:mod:`.settings`) that the config
+writes as ``{name, **settings}`` mappings, so a scientist changes channels, architecture and loss
+in YAML alone; a bad name, key or value is refused when the task is made, before any data is
+read. The number of input and output channels is taken from the datamodule when the config
+leaves it out. Everything inference needs (channel names and units, normalisation, class names,
+versions, data description) is written into the checkpoint under the key ``"meteovision"``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from meteovision.pipeline.checkpoints.loading import (
     checkpoint_metadata,
 )
 from meteovision.pipeline.checkpoints.networks import build_network
-from meteovision.pipeline.training.losses import build_loss
 from meteovision.pipeline.training.metrics import (
     ClassificationScores,
     ContingencyScores,
@@ -39,9 +39,9 @@ from meteovision.pipeline.training.metrics import (
     RegressionScores,
     SegmentationScores,
 )
-from meteovision.pipeline.training.optim import build_optimizer, build_scheduler, check_optimizer_and_scheduler
 from meteovision.pipeline.training.rain_kept import RainKept, channel_of
 from meteovision.pipeline.training.report import format_comparison_table
+from meteovision.pipeline.training.settings import LossSettings, OptimizerSettings, SchedulerSettings
 from meteovision.pipeline.verification.baselines import get_baseline
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class MeteoTask(L.LightningModule):
     """Shared machinery: model construction, optimiser, checkpoint metadata, test report."""
 
     task_kind: ClassVar[TaskKind]
-    default_loss: ClassVar[dict[str, Any]] = {"name": "mse"}
+    default_loss: ClassVar[LossSettings] = LossSettings("mse")
+    default_optimizer: ClassVar[OptimizerSettings] = OptimizerSettings("adamw", lr=1e-3, weight_decay=1e-4)
 
     def __init__(
         self,
@@ -78,26 +79,31 @@ class MeteoTask(L.LightningModule):
         model_settings: dict[str, Any] | None = None,
         in_channels: int | None = None,
         out_channels: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
-        scheduler: dict[str, Any] | None = None,
+        loss: LossSettings | dict[str, Any] | None = None,
+        optimizer: OptimizerSettings | dict[str, Any] | None = None,
+        scheduler: SchedulerSettings | dict[str, Any] | None = None,
         baseline: str | None = None,
         thresholds: list[float] | None = None,
         channels_last: bool = False,
     ) -> None:
+        """``loss``, ``optimizer`` and ``scheduler``: settings dataclasses or their config mappings
+        (``{name: adamw, lr: 0.001}``), checked here; None takes the task's default (no scheduler)."""
         super().__init__()
         self.save_hyperparameters()
         self.application = application
         self.model_name = model
         self.model_settings = dict(model_settings or {})
-        self.loss_settings = dict(loss or self.default_loss)
-        self.optimizer_settings = dict(optimizer or {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4})
-        self.scheduler_settings = dict(scheduler) if scheduler else None
+        self.loss_settings = LossSettings.from_config(loss or self.default_loss)
+        self.optimizer_settings = OptimizerSettings.from_config(optimizer or self.default_optimizer)
+        self.scheduler_settings = SchedulerSettings.from_config(scheduler) if scheduler else None
+        # the checkpoint keeps plain mappings (weights_only loading refuses Python objects), in the config's keys
+        self.hparams["loss"] = self.loss_settings.to_dict()
+        self.hparams["optimizer"] = self.optimizer_settings.to_dict()
+        self.hparams["scheduler"] = self.scheduler_settings.to_dict() if self.scheduler_settings else None
         self.baseline_name = baseline
         self.thresholds = list(thresholds) if thresholds else [0.5]
         self.use_channels_last = channels_last
-        self.loss_fn = build_loss(**self.loss_settings)
-        check_optimizer_and_scheduler(self.optimizer_settings, self.scheduler_settings)
+        self.loss_fn = self.loss_settings.build()
         # check the model name and settings now, not after the data has been read and normalised
         get_model_spec(self.model_name, **self.model_settings)
         self.net: nn.Module | None = None
@@ -269,12 +275,11 @@ class MeteoTask(L.LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.optimizer_settings)
-        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1
-        scheduler = build_scheduler(optimizer, self.scheduler_settings, max_epochs)
-        if scheduler is None:
+        optimizer = self.optimizer_settings.build(self.parameters())
+        if self.scheduler_settings is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 1
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_settings.build(optimizer, max_epochs)}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -295,7 +300,7 @@ class SegmentationTask(MeteoTask):
     """Binary (one logit channel) or multiclass (one logit per class) masks: bow echoes, radar artefacts."""
 
     task_kind: ClassVar[TaskKind] = TaskKind.SEGMENTATION
-    default_loss: ClassVar[dict[str, Any]] = {"name": "bce_dice"}
+    default_loss: ClassVar[LossSettings] = LossSettings("bce_dice")
 
     def __init__(
         self,
@@ -353,7 +358,7 @@ class NowcastTask(MeteoTask):
     """N past frames in, M future frames out; scored in physical units at every lead time."""
 
     task_kind: ClassVar[TaskKind] = TaskKind.NOWCAST
-    default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
+    default_loss: ClassVar[LossSettings] = LossSettings("mae")
 
     def __init__(
         self,
@@ -416,7 +421,7 @@ class RegressionTask(MeteoTask):
     """Channels to a field (sat2precip), trained with a masked loss on a zero-inflated target."""
 
     task_kind: ClassVar[TaskKind] = TaskKind.REGRESSION
-    default_loss: ClassVar[dict[str, Any]] = {"name": "mae"}
+    default_loss: ClassVar[LossSettings] = LossSettings("mae")
 
     def make_metrics(self) -> nn.ModuleDict:
         return nn.ModuleDict({"reg": RegressionScores(), "cont": ContingencyScores(thresholds=self.thresholds)})
@@ -432,7 +437,7 @@ class ClassificationTask(MeteoTask):
     """Image to class (webcam snow cover, visibility), cross-entropy with class weights."""
 
     task_kind: ClassVar[TaskKind] = TaskKind.CLASSIFICATION
-    default_loss: ClassVar[dict[str, Any]] = {"name": "cross_entropy"}
+    default_loss: ClassVar[LossSettings] = LossSettings("cross_entropy")
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.class_names)
