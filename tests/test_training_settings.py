@@ -109,6 +109,7 @@ def test_task_takes_dataclasses_or_mappings_and_keeps_plain_mappings_in_its_hpar
         assert task.hparams["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9}
         assert task.hparams["loss"] == {"name": "bce_dice", "pos_weight": 3.0}
         assert task.hparams["scheduler"] == {"name": "step", "monitor": "val/loss", "interval": "epoch", "step_size": 2}
+        assert task.hparams_initial["optimizer"] == task.hparams["optimizer"]  # what the loggers write
     # what a checkpoint stores: safe loading (weights_only) refuses Python objects, so only plain types
     buffer = io.BytesIO()
     torch.save({"hyper_parameters": dict(by_class.hparams)}, buffer)

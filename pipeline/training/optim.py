@@ -10,8 +10,7 @@ import torch
 
 from meteovision.core.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "ConfigError", "build_optimizer", "build_scheduler",
-           "check_optimizer_and_scheduler", "unknown_settings"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "ConfigError", "build_optimizer", "build_scheduler", "unknown_settings"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -89,9 +88,3 @@ def build_scheduler(
         out["monitor"] = monitor
     return out
 
-
-def check_optimizer_and_scheduler(optimizer: Mapping[str, Any], scheduler: Mapping[str, Any] | None) -> None:
-    """Build both over a dummy parameter, so a task refuses a bad name, key or value when it is
-    constructed (before any data is read), with the same error naming it as at fit time."""
-    dummy = build_optimizer([torch.nn.Parameter(torch.zeros(1))], optimizer)
-    build_scheduler(dummy, scheduler, max_epochs=1)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, cast
 
 import lightning.pytorch as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -110,6 +111,15 @@ class MeteoTask(L.LightningModule):
         self.data_meta: CheckpointMetadata | None = None  # set by configure_model or a loaded checkpoint
         if in_channels is not None and out_channels is not None:
             self._build_net(in_channels, out_channels)
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """Lightning's, with the settings as the plain mappings ``hparams`` holds (loggers write them to YAML)."""
+        initial = super().hparams_initial
+        for key in ("loss", "optimizer", "scheduler"):
+            if key in initial:
+                initial[key] = self.hparams[key]
+        return initial
 
     # ------------------------------------------------------------------ model
     nowcast_head: str = "direct"
