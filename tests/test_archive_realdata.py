@@ -33,6 +33,7 @@ def test_quick_real_config_trains_from_raw_files(shared_data: Path, tmp_path: Pa
     assert train and val and all(math.isfinite(v) for v in train + val)
     ckpt = next(tmp_path.rglob("*.ckpt"))
     meta = torch.load(ckpt, map_location="cpu", weights_only=False)["meteovision"]
-    assert meta["channel_names"] == ["RATE_t-30min", "RATE_t-15min", "RATE_t+0min"]
-    assert meta["target_names"] == ["RATE_t+15min"]
+    assert meta["channel_names"] == ["RATE_t-10min", "RATE_t-5min", "RATE_t+0min"]
+    assert meta["target_names"] == ["RATE_t+5min", "RATE_t+10min", "RATE_t+15min"]
+    assert meta["network"]["nowcast_head"] == "lk_advection"
     assert os.path.getsize(ckpt) > 0

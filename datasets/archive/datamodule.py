@@ -47,7 +47,9 @@ class ArchiveDataModule(LightningDataModule):
                  patches_per_window: int = 2, batch_size: int = 8, num_workers: int = 0,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, guard_minutes: float = 30.0,
                  max_gap_minutes: float = 60.0, sampling: DrySampling | None = None, flips: bool = True,
-                 rot90: bool = True, seed: int = 0) -> None:
+                 rot90: bool = True, seed: int = 0, motion_input: bool = False) -> None:
+        """``motion_input``: append the Lucas-Kanade motion of the input frames to every sample's inputs
+        (two channels; the ``lk_advection`` nowcast head takes them, and needs pysteps)."""
         super().__init__()
         if not sources:
             raise ArchiveError("data.init_args.sources: name at least one source")
@@ -70,6 +72,7 @@ class ArchiveDataModule(LightningDataModule):
         self.guard_minutes, self.max_gap_minutes = guard_minutes, max_gap_minutes
         self.sampling = sampling or DrySampling()
         self.flips, self.rot90, self.seed = flips, rot90, seed
+        self.motion_input = motion_input
         self.input_variables = [quantity]
         self._series: list[SourceSeries] | None = None
         self._windows: dict[str, list[tuple[int, np.ndarray]]] | None = None
@@ -200,7 +203,7 @@ class ArchiveDataModule(LightningDataModule):
             self._datasets[split] = ArchiveSequenceDataset(
                 self.series, self.windows[split], self.num_input_frames, normalization=self.stats,
                 patch_size=self.patch_size, train=split == "train", patches_per_window=self.patches_per_window,
-                flips=self.flips, rot90=self.rot90, seed=self.seed)
+                flips=self.flips, rot90=self.rot90, seed=self.seed, motion=self.motion_input)
         return self._datasets[split]
 
     def _loader(self, split: str) -> DataLoader[Sample]:

@@ -3,7 +3,9 @@
 A sample is ``inputs`` float32 [N, P, P] (normalised), ``target`` float32 [M, P, P] (normalised),
 ``mask`` bool [M, P, P] (True where the target and every input are measured: outside radar coverage
 is False, so it weighs nothing in the loss nor the metrics) and ``time`` float64 [] (seconds of the
-last input). Sources of different sizes mix in one batch because every sample is a P x P patch:
+last input). With ``motion=True`` the inputs are [N + 2, P, P]: the frames, then the Lucas-Kanade
+motion of the whole frames (pixels per step / ``MOTION_INPUT_SCALE``), cut and turned like them.
+Sources of different sizes mix in one batch because every sample is a P x P patch:
 random (seeded by ``(seed, epoch, index)``) for training, tiles covering the frame otherwise.
 """
 
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meteovision.datasets.archive.series import SourceSeries
+from meteovision.datasets.motion import MOTION_INPUT_SCALE, augment_motion, lucas_kanade
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.torch_datasets import Sample, SampleKey, SamplingError, tile_origins
 
@@ -28,7 +31,8 @@ class ArchiveSequenceDataset(Dataset[Sample]):
 
     def __init__(self, series: Sequence[SourceSeries], windows: list[tuple[int, np.ndarray]], num_input_frames: int,
                  *, normalization: NormalizationStats, patch_size: int, train: bool,
-                 patches_per_window: int = 2, flips: bool = True, rot90: bool = True, seed: int = 0) -> None:
+                 patches_per_window: int = 2, flips: bool = True, rot90: bool = True, seed: int = 0,
+                 motion: bool = False) -> None:
         for one in series:
             if patch_size > min(one.values.shape[1:]):
                 raise SamplingError(f"patch_size {patch_size} larger than the {one.values.shape[1:]} grid of "
@@ -41,6 +45,8 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         self.train = train
         self.patches_per_window = patches_per_window
         self.flips, self.rot90, self.seed = flips, rot90, seed
+        self.motion = motion
+        self._motion: dict[int, np.ndarray] = {}
         self._items: list[tuple[int, int, int]] = []
         if not train:
             for w, (src, _) in enumerate(windows):
@@ -58,6 +64,17 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         valid_in = np.isfinite(raw[:n]).all(axis=0)
         mask = np.isfinite(raw[n:]) & valid_in[None]
         return raw, mask
+
+    def window_motion(self, window: int) -> np.ndarray:
+        """Lucas-Kanade motion of a window's input frames over the whole grid, computed once per window.
+
+        On the whole frame, not the patch, so that a patch edge does not bias it; as ``predict`` computes it.
+        """
+        if window not in self._motion:
+            s, frames = self.windows[window]
+            past = self.series[s].values[frames[: self.num_input_frames]]
+            self._motion[window] = lucas_kanade(past, f"motion of {self.series[s].name}").astype(np.float32)
+        return self._motion[window]
 
     def locate(self, key: SampleKey) -> tuple[int, int, int, int, bool, bool]:
         """Window, patch origin and augmentation (rot90 k, flip y, flip x) of ``key``."""
@@ -94,6 +111,10 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         if fx:
             arrays = [a[..., ::-1] for a in arrays]
         inputs, target, m = (np.ascontiguousarray(a) for a in arrays)
+        if self.motion:
+            p = self.patch_size
+            cut = self.window_motion(window)[:, y0 : y0 + p, x0 : x0 + p]
+            inputs = np.concatenate([inputs, augment_motion(cut, k, fy, fx) / MOTION_INPUT_SCALE])
         s, frames = self.windows[window]
         t = self.series[s].times[frames[self.num_input_frames - 1]]
         return {

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meteovision.datasets.motion import MOTION_INPUT_SCALE
 from meteovision.models import build_model
-from meteovision.pipeline.checkpoints.metadata import NOWCAST_HEADS, NetworkMetadata
+from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS, NOWCAST_HEADS, NetworkMetadata
 
 
 def zero_last_conv(net: nn.Module) -> None:
@@ -66,6 +67,8 @@ class AdvectionNowcast(nn.Module):
     """
 
     extra_channels = 2
+    #: Channels appended to the frames as input (none here; see :class:`LucasKanadeAdvection`).
+    motion_channels = 0
 
     def __init__(
         self, net: nn.Module, variables_per_frame: int, lead_times: int, max_speed: float = 6.0,
@@ -99,6 +102,10 @@ class AdvectionNowcast(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.extrapolate(x, self.lead_times)
 
+    def frames(self, x: Tensor) -> Tensor:
+        """The past frames of the input (all of it here)."""
+        return x
+
     def extrapolate(self, x: Tensor, n_leads: int) -> Tensor:
         """Leads 1..n_leads: the trained leads, then the same advection continued for longer nowcasts.
 
@@ -110,7 +117,7 @@ class AdvectionNowcast(nn.Module):
             raise ValueError(f"n_leads must be >= 1, got {n_leads}")
         flow, corrections = self.motion(x)
         v, m = self.variables_per_frame, self.lead_times
-        last = x[:, -v:]
+        last = self.frames(x)[:, -v:]
         frames = []
         for k in range(1, n_leads + 1):
             advected = self._advect(last, flow, k)
@@ -134,6 +141,28 @@ class AdvectionNowcast(nn.Module):
         return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+class LucasKanadeAdvection(AdvectionNowcast):
+    """Semi-Lagrangian extrapolation along pysteps' Lucas-Kanade motion, refined by the network.
+
+    The input is the N past frames followed by the Lucas-Kanade motion of those frames (two
+    channels, pixels per step divided by :data:`MOTION_INPUT_SCALE`, computed by
+    :func:`meteovision.datasets.motion.lucas_kanade` in training, prediction and evaluation alike).
+    The network adds a smooth motion residual (bounded by ``max_speed``) and one correction per lead.
+    Zero-initialised, it is exactly Lucas-Kanade extrapolation of the last frame, so training starts
+    from the optical-flow baseline and learns what it misses: growth, decay and the smoothing of
+    scales that cannot be predicted, as S-PROG does by hand.
+    """
+
+    motion_channels = 2
+
+    def frames(self, x: Tensor) -> Tensor:
+        return x[:, : -self.motion_channels]
+
+    def motion(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        residual, corrections = super().motion(x)
+        return x[:, -self.motion_channels :] * MOTION_INPUT_SCALE + residual, corrections
+
+
 def build_network(meta: NetworkMetadata) -> nn.Module:
     """The network described by checkpoint metadata (model, channels, settings, nowcast head)."""
     in_ch, out_ch = meta.in_channels, meta.out_channels
@@ -142,6 +171,10 @@ def build_network(meta: NetworkMetadata) -> nn.Module:
     if head not in NOWCAST_HEADS:
         raise ValueError(f"nowcast_head '{head}' is unknown; known: {list(NOWCAST_HEADS)}")
     variables = meta.variables_per_frame
+    if head in MOTION_INPUT_HEADS:
+        backbone = build_model(meta.model_name, in_ch + LucasKanadeAdvection.motion_channels,
+                               out_ch + AdvectionNowcast.extra_channels, **settings)
+        return LucasKanadeAdvection(backbone, variables, out_ch // variables, max_speed=meta.max_speed or 2.0)
     if head in ("advection", "lagrangian"):
         backbone = build_model(meta.model_name, in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
         # checkpoints written before max_speed was configurable were trained with the old bound, 6 px/step

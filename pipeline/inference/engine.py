@@ -21,7 +21,9 @@ import torch
 
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.datasets.motion import MOTION_INPUT_SCALE, MotionDependencyError, lucas_kanade
 from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError, InferenceModel
+from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import (
     InputMismatchError,
@@ -251,15 +253,33 @@ def prepare_model(model: InferenceModel, settings: PredictSettings) -> TilingSet
     return TilingSettings.for_model(divisibility, **overrides)
 
 
+def motion_input(model: InferenceModel, physical: np.ndarray, motion: np.ndarray | None) -> np.ndarray:
+    """The motion channels of a motion-input head: Lucas-Kanade of the frames, scaled as in training."""
+    if motion is None:
+        try:
+            motion = lucas_kanade(physical, f"{model.path.name} (head {model.meta.network.nowcast_head})")
+        except MotionDependencyError as err:
+            raise PredictError(str(err)) from err
+    if motion.shape != (2, *physical.shape[-2:]):
+        raise PredictError(f"{model.path.name}: motion must be (2, H, W) = (2, {physical.shape[-2]}, "
+                           f"{physical.shape[-1]}), got {motion.shape}")
+    return (np.asarray(motion, dtype=np.float32) / MOTION_INPUT_SCALE).astype(np.float32)
+
+
 def infer_field(
-    model: InferenceModel, physical: np.ndarray, tiling: TilingSettings, nodata: np.ndarray | None = None
+    model: InferenceModel, physical: np.ndarray, tiling: TilingSettings, nodata: np.ndarray | None = None,
+    motion: np.ndarray | None = None,
 ) -> np.ndarray:
     """Model output ``[K, H, W]`` (probabilities or physical units) for a physical input ``[C, H, W]``.
 
-    ``nodata`` (``[H, W]`` bool) marks pixels set to NaN in every output channel.
+    ``nodata`` (``[H, W]`` bool) marks pixels set to NaN in every output channel. A head that takes
+    the Lucas-Kanade motion of its frames as input gets ``motion`` (``[2, H, W]`` pixels per step),
+    computed here when not given.
     """
     stats = model.input_stats()
     normalised = stats.normalize(physical, channel_axis=0) if stats is not None else physical
+    if model.meta.network.nowcast_head in MOTION_INPUT_HEADS:
+        normalised = np.concatenate([normalised, motion_input(model, physical, motion)], axis=0)
     raw = predict_domain(model.net, normalised, tiling)
     out = physical_outputs(model, raw)
     if nodata is not None:

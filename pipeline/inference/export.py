@@ -38,6 +38,7 @@ from torch import nn
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import InferenceModel, file_sha256
+from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS
 from meteovision.pipeline.inference.atomic import atomic_write
 from meteovision.pipeline.versions import package_versions
 
@@ -215,6 +216,11 @@ def export_model(model: InferenceModel, fmt: str, output: str | Path) -> ExportR
     path = Path(output)
     if not path.parent.is_dir():
         raise ExportError(f"{path}: the output folder does not exist")
+    head = model.meta.network.nowcast_head
+    if head in MOTION_INPUT_HEADS:
+        raise ExportError(f"{model.path.name}: its '{head}' head takes the Lucas-Kanade motion of its frames as "
+                          "input, which pysteps computes outside the network; it is not exported yet "
+                          "(run it with meteovision predict)")
     spec = _spec(model)
     if fmt == "onnx" and not spec.onnx_supported:
         raise ExportError(f"model {model.model_name!r} cannot be exported to ONNX (its spec says "

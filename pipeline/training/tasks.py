@@ -23,6 +23,7 @@ from lightning.fabric.utilities.data import AttributeDict
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from meteovision.core.errors import ConfigError
 from meteovision.core.task_kinds import TaskKind
 from meteovision.models import get_model_spec
 from meteovision.pipeline.checkpoints.loading import (
@@ -32,6 +33,7 @@ from meteovision.pipeline.checkpoints.loading import (
     check_data_matches,
     checkpoint_metadata,
 )
+from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS
 from meteovision.pipeline.checkpoints.networks import build_network
 from meteovision.pipeline.training.metrics import (
     ClassificationScores,
@@ -147,6 +149,8 @@ class MeteoTask(L.LightningModule):
     def configure_model(self) -> None:
         """Build the network once the datamodule has told us the channel counts."""
         dm = self._datamodule()
+        if dm is not None:
+            self.check_datamodule(dm)
         if self.net is None:
             if dm is None:
                 raise RuntimeError(
@@ -159,6 +163,16 @@ class MeteoTask(L.LightningModule):
         # after the net is built: the metadata records its channel counts (load_inference_model needs them)
         if dm is not None and getattr(dm, "channel_names", None):
             self.data_meta = checkpoint_metadata(self, dm)
+
+    def check_datamodule(self, dm: Any) -> None:
+        """Refuse a datamodule whose samples the network cannot take, naming both keys (before any step)."""
+        wants = self.nowcast_head in MOTION_INPUT_HEADS
+        gives = bool(getattr(dm, "motion_input", False))
+        if wants != gives:
+            raise ConfigError(
+                f"model.init_args.nowcast_head '{self.nowcast_head}' {'takes' if wants else 'does not take'} the "
+                f"Lucas-Kanade motion as input, but data.init_args.motion_input is {gives}: set it to "
+                f"{wants} (the archive DataModule computes it)")
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.target_names)
@@ -385,7 +399,9 @@ class NowcastTask(MeteoTask):
         **kwargs: Any,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
-        (the same plus a learned correction per lead),
+        (the same plus a learned correction per lead), ``lk_advection`` (pysteps' Lucas-Kanade motion as input,
+        refined by a smooth residual bounded by ``max_speed``, plus a correction per lead; needs
+        ``data.init_args.motion_input: true``),
         ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
         ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
         the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km).
@@ -448,6 +464,16 @@ class ClassificationTask(MeteoTask):
 
     task_kind: ClassVar[TaskKind] = TaskKind.CLASSIFICATION
     default_loss: ClassVar[LossSettings] = LossSettings("cross_entropy")
+
+    def check_datamodule(self, dm: Any) -> None:
+        """Refuse a datamodule whose samples the network cannot take, naming both keys (before any step)."""
+        wants = self.nowcast_head in MOTION_INPUT_HEADS
+        gives = bool(getattr(dm, "motion_input", False))
+        if wants != gives:
+            raise ConfigError(
+                f"model.init_args.nowcast_head '{self.nowcast_head}' {'takes' if wants else 'does not take'} the "
+                f"Lucas-Kanade motion as input, but data.init_args.motion_input is {gives}: set it to "
+                f"{wants} (the archive DataModule computes it)")
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.class_names)

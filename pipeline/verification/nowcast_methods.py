@@ -22,12 +22,9 @@ imported only when a method needs it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,8 +33,19 @@ import numpy as np
 from torch import Tensor, nn
 
 from meteovision.core.task_kinds import TaskKind
-from meteovision.datasets import normalization
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.datasets.motion import (
+    DBR_THRESHOLD,
+    DBR_ZEROVALUE,
+    MOTION_FRAMES,
+    MotionDependencyError,
+    filled_dbr,
+    from_dbr,
+    lucas_kanade,
+    pysteps_missing,
+    quiet_pysteps,
+    to_dbr,
+)
 from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
 from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
@@ -61,16 +69,9 @@ __all__ = [
     "source_inside_mask",
 ]
 
-#: pysteps' protocol, also the networks' ``log10_rain``: below 0.1 mm h-1 (-10 dBR) is no rain, set to -15 dBR.
-RAIN_THRESHOLD_MM_H = normalization.DBR_THRESHOLD
-DBR_THRESHOLD = 10.0 * math.log10(RAIN_THRESHOLD_MM_H)
-DBR_ZEROVALUE = normalization.DBR_ZERO_VALUE
-#: Lucas-Kanade motion from the last three frames, as in pysteps' examples.
-MOTION_FRAMES = 3
 #: A lead's pixel counts as having an inside source when its advected validity is at least this.
 SOURCE_INSIDE_MIN = 0.999
 RAIN_UNITS = "mm h-1"
-BASELINES_EXTRA = "pip install meteovision[baselines]"
 METHOD_NAMES = ("persistence", "lk", "sprog", "network")
 #: Keyword settings of ``build_method("network", ...)``: how the predict stage runs it.
 NETWORK_SETTINGS = ("device", "tile_size", "overlap", "batch_size")
@@ -148,50 +149,16 @@ def _check_leads(n_leads: int) -> None:
 # ---------------------------------------------------------------------------- pysteps
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """pysteps prints its configuration on import and S-PROG its progress on stdout: keep stdout for results."""
-    with contextlib.redirect_stdout(io.StringIO()) as captured:
-        yield
-    if captured.getvalue().strip():
-        log.debug("pysteps said: %s", captured.getvalue().strip())
-
-
 def _require_pysteps(what: str) -> None:
     """Import pysteps (lazily: the package works without it), or say which extra installs it."""
-    try:
-        with _quiet():
-            import pysteps  # noqa: F401
-    except ImportError as err:
-        raise NowcastDependencyError(f"{what} needs pysteps, which is not installed: {BASELINES_EXTRA}") from err
-
-
-def _missing_optional(err: Exception, what: str) -> NowcastDependencyError:
-    """pysteps' own MissingOptionalDependency (OpenCV for Lucas-Kanade) as our error."""
-    return NowcastDependencyError(f"{what}: {err} ({BASELINES_EXTRA} installs pysteps and OpenCV)")
-
-
-def _to_dbr(rate: np.ndarray) -> np.ndarray:
-    """mm h-1 -> dBR with pysteps' threshold and zero value; NaN stays NaN."""
-    from pysteps.utils.transformation import dB_transform
-
-    dbr, _ = dB_transform(rate.astype(np.float64), threshold=RAIN_THRESHOLD_MM_H, zerovalue=DBR_ZEROVALUE)
-    return np.asarray(dbr)
-
-
-def _from_dbr(dbr: np.ndarray) -> np.ndarray:
-    """dBR -> mm h-1; below the 0.1 mm h-1 threshold is 0, NaN stays NaN."""
-    from pysteps.utils.transformation import dB_transform
-
-    rate, _ = dB_transform(dbr, threshold=DBR_THRESHOLD, inverse=True)
-    return np.asarray(rate, dtype=np.float32)
+    missing = pysteps_missing(what)
+    if missing:
+        raise NowcastDependencyError(missing)
 
 
 def _filled_dbr(past: NowcastInput, n: int, what: str) -> np.ndarray:
     """The last ``n`` frames in dBR with gaps set to the zero value (pysteps' methods need finite inputs)."""
-    dbr = _to_dbr(past.last(n, what))
-    dbr[~np.isfinite(dbr)] = DBR_ZEROVALUE
-    return dbr
+    return filled_dbr(past.last(n, what))
 
 
 def lucas_kanade_motion(past: NowcastInput) -> np.ndarray:
@@ -204,16 +171,11 @@ def lucas_kanade_motion(past: NowcastInput) -> np.ndarray:
         return past.motion
     what = "Lucas-Kanade motion"
     _require_pysteps(what)
-    from pysteps import motion
-    from pysteps.exceptions import MissingOptionalDependency
-
-    dbr = _filled_dbr(past, MOTION_FRAMES, what)
+    past.last(MOTION_FRAMES, what)
     try:
-        with _quiet():
-            velocity = motion.get_method("LK")(dbr, dense=True)
-    except MissingOptionalDependency as err:
-        raise _missing_optional(err, what) from err
-    return np.asarray(velocity, dtype=np.float64)
+        return lucas_kanade(past.frames, what)
+    except MotionDependencyError as err:
+        raise NowcastDependencyError(str(err)) from err
 
 
 def _motion_for(past: NowcastInput, motion: np.ndarray | None) -> np.ndarray:
@@ -286,13 +248,13 @@ class LucasKanadeNowcast:
         from pysteps.extrapolation.semilagrangian import extrapolate
 
         velocity = _motion_for(past, velocity)
-        last = _to_dbr(past.frames[-1])
+        last = to_dbr(past.frames[-1])
         gaps = ~np.isfinite(last)
         if gaps.all():
             raise NowcastError("the last frame holds no data (every pixel is NaN)")
         last[gaps] = DBR_ZEROVALUE
         # outval NaN: sources beyond the domain have no value, as in source_inside_mask
-        rate = _from_dbr(np.asarray(extrapolate(last, velocity, n_leads)))
+        rate = from_dbr(np.asarray(extrapolate(last, velocity, n_leads)))
         if gaps.any():
             rate[~source_inside_mask(past, n_leads, velocity)] = np.nan
         return rate
@@ -329,13 +291,13 @@ class SprogNowcast:
         from pysteps import nowcasts
 
         dbr = _filled_dbr(past, self.ar_order + 1, "S-PROG")
-        with _quiet():
+        with quiet_pysteps():
             out = nowcasts.get_method("sprog")(
                 dbr, velocity, n_leads, precip_thr=DBR_THRESHOLD, n_cascade_levels=self.n_cascade_levels,
                 ar_order=self.ar_order, decomp_method=self.decomp_method,
                 bandpass_filter_method=self.bandpass_filter_method, probmatching_method=self.probmatching_method,
             )
-        rate = _from_dbr(np.asarray(out))
+        rate = from_dbr(np.asarray(out))
         if np.isnan(past.frames[-1]).any():  # sources beyond the domain are NaN already (pysteps' outval)
             rate[~source_inside_mask(past, n_leads, velocity)] = np.nan
         return rate
@@ -360,8 +322,9 @@ class NetworkNowcast:
     The last N frames go through the predict stage's normalisation, tiling and output code
     (:func:`~meteovision.pipeline.inference.predict.infer_field`; NaN where the last frame is NaN). Leads
     beyond the M trained ones come from an advection head continuing its own motion; other heads
-    refuse them. The data are taken as given: a checkpoint trained at another time step or grid
-    spacing gets a warning, not a resampling.
+    refuse them. A head that takes the Lucas-Kanade motion as input (``lk_advection``) gets the very
+    motion the LK baseline uses (computed once per analysis time). The data are taken as given: a
+    checkpoint trained at another time step or grid spacing gets a warning, not a resampling.
     """
 
     model: InferenceModel
@@ -412,7 +375,7 @@ class NetworkNowcast:
                 raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
                                    f"extrapolate to {n_leads}; only an advection/lagrangian head can")
             model = dataclasses.replace(model, net=_Extrapolating(net, n_leads))
-        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]))
+        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion)
         return np.ascontiguousarray(out[:n_leads], dtype=np.float32)
 
     def _warn_spacing(self, past: NowcastInput) -> None:
