@@ -7,6 +7,7 @@ short, so the module runs in well under a minute on one CPU thread.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from meteovision.datasets.synthetic import generate_sample_data
 from meteovision.models import build_model
 from meteovision.pipeline.checkpoints.loading import load_inference_model
 from meteovision.pipeline.cli import main
+from meteovision.pipeline.explain.cli import add_arguments
 from meteovision.pipeline.explain.filters import (
     RISE_MARGIN,
     AscentSettings,
@@ -417,6 +419,11 @@ def test_clearly_raised_golden() -> None:
     # not move (spread 0) only if it rises at all.
     assert clearly_raised(before, after, spread).tolist() == [True, True, False, False, False, True, False]
     assert RISE_MARGIN == 2.0
+    # The command's help states the same rule.
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert f"(clear: >= {RISE_MARGIN:g})" in " ".join(str(sub.choices["filters"].description).split())
 
 
 def test_explain_for_report_raises_every_filter_of_a_trained_net(tmp_path: Path) -> None:

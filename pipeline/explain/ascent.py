@@ -63,6 +63,7 @@ __all__ = [
     "gaussian_blur",
     "input_floor",
     "most_excitable",
+    "rise_text",
     "visualize_filters",
 ]
 
@@ -374,13 +375,21 @@ def visualize_filters(
         seed=int(seed),
         receptive_field=field,
     )
-    log.info("%s: filters %s, responses %s", layer, list(chosen), _before_after(result))
+    log.info("%s: responses before -> after, filter by filter: %s", layer, _before_after(result))
     return result
 
 
+def rise_text(before: float, after: float, spread: float) -> str:
+    """``0.03 -> 0.42 (+10.5 sd)``: a filter's response before and after, and the rise in spreads."""
+    rise = after - before
+    sds = f"{rise / spread:+.1f} sd" if spread > 0 else ("+inf sd" if rise > 0 else "no rise")
+    return f"{before:.3g} -> {after:.3g} ({sds})"
+
+
 def _before_after(result: FilterResult) -> str:
-    return ", ".join(f"{b:.3g} -> {a:.3g}" for b, a in zip(result.initial_activation, result.final_activation,
-                                                             strict=True))
+    return ", ".join(f"{f}: {rise_text(float(b), float(a), float(s))}" for f, b, a, s in
+                     zip(result.filters, result.initial_activation, result.final_activation, result.spread,
+                         strict=True))
 
 
 def most_excitable(net: nn.Module, info: LayerInfo, in_channels: int, count: int, size: int,

@@ -35,6 +35,7 @@ from meteovision.pipeline.explain.ascent import (
     gaussian_blur,
     input_floor,
     most_excitable,
+    rise_text,
     visualize_filters,
 )
 from meteovision.pipeline.explain.layers import (
@@ -51,6 +52,9 @@ from meteovision.pipeline.explain.layers import (
 from meteovision.pipeline.inference.atomic import atomic_write
 
 log = logging.getLogger(__name__)
+
+#: Tiles per row of a filter grid (filters times input channels).
+GRID_TILES = 4
 
 __all__ = [
     "PROBES",
@@ -97,48 +101,48 @@ def save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
-def rise_text(before: float, after: float, spread: float) -> str:
-    """``0.03 -> 0.42 (+10.5 sd)``: a filter's response before and after, the rise in spreads."""
-    rise = after - before
-    sds = f"{rise / spread:+.1f} sd" if spread > 0 else ("+inf sd" if rise > 0 else "no rise")
-    return f"{before:.3g} -> {after:.3g} ({sds})"
-
-
 def write_filter_grid(result: FilterResult, path: Path, title: str = "") -> Path:
-    """PNG: one row per filter (its response before -> after), one column per input channel (named).
+    """PNG: per filter, one tile per input channel (named), titled with its response before -> after.
 
-    Each tile shows the receptive field (and a pixel around it): the input is featureless elsewhere.
+    Filters run left to right, :data:`GRID_TILES` tiles a row. Each tile shows the receptive field
+    and a pixel around it: the input is featureless elsewhere.
     """
     n, c = result.inputs.shape[:2]
     names = list(result.channel_names) or [f"channel{i}" for i in range(c)]
     size_y, size_x = result.inputs.shape[-2:]
     y0, y1, x0, x1 = result.receptive_field if result.receptive_field[1] else (0, size_y, 0, size_x)
     y0, y1, x0, x1 = max(y0 - 1, 0), min(y1 + 1, size_y), max(x0 - 1, 0), min(x1 + 1, size_x)
-    tile = 1.5
-    fig = Figure(figsize=(max(5.0, 1.6 + tile * c), 1.0 + tile * n), dpi=90)
+    per_row = max(1, min(n, GRID_TILES // c))
+    rows = -(-n // per_row)
+    tile = 1.9
+    fig = Figure(figsize=(max(6.0, 0.4 + tile * c * per_row), 1.3 + (tile + 0.25) * rows), dpi=90)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n, c, squeeze=False)
+    axes = fig.subplots(rows, c * per_row, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
     raised = result.raised
     for i in range(n):
         shown = result.inputs[i, :, y0:y1, x0:x1]
         vmax = float(np.abs(shown).max()) or 1.0
         text = rise_text(float(result.initial_activation[i]), float(result.final_activation[i]),
                          float(result.spread[i]))
+        note = "" if raised[i] else ", no clear rise"
         for j in range(c):
-            ax = axes[i][j]
+            ax = axes[i // per_row][(i % per_row) * c + j]
+            ax.set_axis_on()
             ax.imshow(shown[j], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(names[j], fontsize=8)
-            if j == 0:
-                note = "" if raised[i] else "\n(no clear rise)"
-                ax.set_ylabel(f"filter {result.filters[i]}\n{text}{note}", fontsize=7)
+            head = f"filter {result.filters[i]}" + (f", {names[j]}" if c > 1 else "")
+            ax.set_title(f"{head}\n{text}{note}" if j == 0 else head, fontsize=7,
+                         color="black" if raised[i] else "firebrick")
     heading = title or f"{result.layer}: inputs that excite each filter"
+    channel = f"; channel {names[0]}" if c == 1 else ""
     fig.suptitle(textwrap.fill(
-        f"{heading}. Response (pre-activation at the map's centre) to a featureless input -> to this one, "
-        f"rise in sd of the response to random inputs (clear: >= {RISE_MARGIN:g} sd). Shown: the "
-        f"{y1 - y0} x {x1 - x0} px around the receptive field (normalised input units)", 72), fontsize=7)
+        f"{heading}. Each filter's response (pre-activation at the centre of its map) to a featureless "
+        f"input -> to the one shown, and the rise in sd of its response to random inputs (clear: >= "
+        f"{RISE_MARGIN:g} sd). Shown: {y1 - y0} x {x1 - x0} px around the receptive field, normalised "
+        f"input units{channel}", 110 if fig.get_figwidth() > 7 else 80), fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
 
