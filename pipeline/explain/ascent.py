@@ -18,8 +18,9 @@ Deep layers of a ReLU network are dead near a featureless input: a trained radar
 deep filters ignore anything below moderate rain, so ascent from small noise never moves them.
 The ascent therefore starts from smooth random fields spread over the plausible range
 (:data:`PROBES` of them): the place where the filter responds most, on any of them, is rolled to
-the centre. Adam (each pixel's step scaled by its own gradient history) then raises the
-response, with a small roll every step (jitter) and a light blur every few steps so that the
+the centre (unless the field that excites the centre most as it is responds more: rolling wraps a
+field round, which matters where the receptive field is as wide as the input). Adam (each
+pixel's step scaled by its own gradient history) then raises the response, with a small roll every step (jitter) and a light blur every few steps so that the
 picture stays smooth, both scaled to the receptive field (none on a 3 x 3 field), and an
 optional L2 decay; the last quarter of the steps is plain ascent, which the regularisers would
 otherwise hold below the optimum.
@@ -30,7 +31,8 @@ everywhere); *after* the one to the optimised input. A rise is *clear* when it i
 random plausible inputs: a scale of the filter's own, so that a near-zero or negative response
 before cannot make a small rise look large. A filter excited only by less than nothing (e.g. a
 negative-sum first-layer filter, bounded by the no-rain floor) may rise less. When no filters
-are named, those that the random fields excite most are drawn (:func:`most_excitable`).
+are named, those that the random fields excite most, each on its own scale, are drawn
+(:func:`most_excitable`).
 
 The figures and files, and the command's entry point, are :mod:`meteovision.pipeline.explain.filters`.
 """
@@ -344,10 +346,16 @@ def visualize_filters(
                                f"input: {err}") from err
         mask = probe.field_mask
         field = _field_box(mask, size)
+        # Rolling wraps the field round: where the receptive field is as wide as the input, the
+        # rolled place may respond less than the field that responds most at the centre as it is.
+        rolled = _rolled_starts(probe, index) * mask
+        as_is = probe.fields[_centre(probe.maps)[:, index].argmax(dim=0)] * mask
+        with torch.no_grad():
+            better = _objective(net, module, as_is, index) > _objective(net, module, rolled, index)
         side = min(field[1] - field[0], field[3] - field[2])
         jitter = min(settings.jitter, side // 8)
         blur_every = settings.blur_every if side >= 8 * settings.blur_sigma else 0
-        x = (_rolled_starts(probe, index) * mask).requires_grad_(True)
+        x = torch.where(better.view(-1, 1, 1, 1), as_is, rolled).requires_grad_(True)
         optimiser = torch.optim.Adam([x], lr=settings.lr)
         regularised = settings.steps - settings.steps // 4  # then polish: plain ascent, no jitter or blur
         for step in range(settings.steps):
@@ -398,8 +406,10 @@ def most_excitable(net: nn.Module, info: LayerInfo, in_channels: int, count: int
 
     One forward pass of the :data:`PROBES` candidate starting fields gives every filter's response
     at once; a filter's score is its best response anywhere on them (border left out) minus its
-    featureless response.
-    Filters inhibited by every input (their best response is the featureless one) score lowest.
+    featureless response, over its spread: how far random inputs already raise it on its own scale.
+    Filters that random inputs barely raise above the featureless input score lowest: those
+    inhibited by every input, and those excited only by less than nothing (a first-layer filter
+    with negative weights, which the no-rain floor bounds); ``--filters`` still draws them.
     """
     if info.out_channels <= count:
         return list(range(info.out_channels))
@@ -407,5 +417,6 @@ def most_excitable(net: nn.Module, info: LayerInfo, in_channels: int, count: int
     low, high = _bounds(settings, floors if floors is not None else [None] * in_channels, device_of(net))
     with frozen(net):
         probe = _probe(net, module, low, high, size, settings, seed)
-    score = _crop(probe.maps).amax(dim=(0, 2, 3)) - probe.featureless
+    best = _crop(probe.maps).amax(dim=(0, 2, 3)) - probe.featureless
+    score = torch.where(probe.spread > 0, best / probe.spread, torch.full_like(best, -torch.inf))
     return sorted(int(i) for i in torch.argsort(score, descending=True, stable=True)[:count])

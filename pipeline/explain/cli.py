@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="Conv2d name from `explain layers`, or 'first' / 'last' (encoder ends)")
     filters.add_argument("--filters", default=None, metavar="LIST",
                          help=f"indices and ranges, e.g. 0-15 or 0,3,8-11 (default: the {DEFAULT_FILTERS} that random "
-                              "starting fields excite most)")
+                              "starting fields excite most, each on its own scale)")
     filters.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG and npz")
     filters.add_argument("--size", type=int, default=None,
                          help="side of the optimised input in pixels (default 64; classifiers: their image size)")

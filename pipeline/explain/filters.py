@@ -191,8 +191,8 @@ def explain_filters(
     """Visualise ``filters`` of ``layer`` (a name, ``first`` or ``last``) of a checkpoint; PNG and npz paths.
 
     ``filters`` is a list, a text such as ``"0-15"``, or None for the ``default_count`` filters
-    that random starting fields excite most (:func:`most_excitable`). The input stays above the
-    normalised physical floor of each channel (:func:`input_floor`). The files are
+    that random starting fields excite most, on their own scale (:func:`most_excitable`). The input
+    stays above the normalised physical floor of each channel (:func:`input_floor`). The files are
     ``filters_<layer>.png`` and ``.npz`` in ``out_dir``.
     """
     settings = settings or AscentSettings()
