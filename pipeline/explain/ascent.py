@@ -20,10 +20,11 @@ The ascent therefore starts from smooth random fields spread over the plausible 
 (:data:`PROBES` of them): the place where the filter responds most, on any of them, is rolled to
 the centre (unless the field that excites the centre most as it is responds more: rolling wraps a
 field round, which matters where the receptive field is as wide as the input). Adam (each
-pixel's step scaled by its own gradient history) then raises the response, with a small roll every step (jitter) and a light blur every few steps so that the
-picture stays smooth, both scaled to the receptive field (none on a 3 x 3 field), and an
-optional L2 decay; the last quarter of the steps is plain ascent, which the regularisers would
-otherwise hold below the optimum.
+pixel's step scaled by its own gradient history) then raises the response, with a small roll
+every step (jitter) and a light blur every few steps so that the picture stays smooth, both
+scaled to the receptive field (none on a 3 x 3 field), and an optional L2 decay; the last
+quarter of the steps is plain ascent, which the regularisers would otherwise hold below the
+optimum.
 
 The response reported *before* is the one to a featureless input (the training mean
 everywhere); *after* the one to the optimised input. A rise is *clear* when it is at least
