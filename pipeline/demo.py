@@ -178,6 +178,7 @@ def write_report(results: list[AppResult], out: Path) -> Path:
     then per application the data, the checkpoint, its metrics CSV and the products (pictures inline)."""
     from meteovision.pipeline.demo_report import (
         filter_figures,
+        filter_note,
         headline_of,
         html_report,
         markdown_table,
@@ -218,8 +219,8 @@ def write_report(results: list[AppResult], out: Path) -> Path:
             blocks.append(("img", path))
             figures = filter_figures(path)
             if figures:
-                lines.append(f"\nresponse to a featureless input -> to the picture: {figures}\n")
-                blocks.append(("p", f"response to a featureless input -> to the picture: {figures}"))
+                lines.append(f"\n{filter_note()}: {figures}\n")
+                blocks.append(("p", f"{filter_note()}: {figures}"))
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "report.html").write_text(html_report("meteovision demo report", blocks, out), encoding="utf-8")

@@ -87,16 +87,33 @@ def write_metrics_csv(app: str, test_report: dict[str, object], path: Path) -> P
     return path
 
 
+def filter_note() -> str:
+    """What the figures under a filter grid mean (:func:`filter_figures`)."""
+    from meteovision.pipeline.explain.filters import RISE_MARGIN
+
+    return ("each filter's response (pre-activation at the centre of its map) to a featureless input -> to the "
+            f"picture, and the rise in standard deviations (sd) of its response to random inputs (clear: >= "
+            f"{RISE_MARGIN:g} sd)")
+
+
 def filter_figures(png: Path) -> str:
-    """``filter 3: 0.08 -> 3.1, ...`` from the ``.npz`` beside a filter grid ('' without one)."""
+    """``filter 3: 0.08 -> 3.1 (+6.2 sd), ...`` from the ``.npz`` beside a filter grid ('' without one).
+
+    The check is the grid's own (:func:`meteovision.pipeline.explain.filters.clearly_raised`).
+    """
+    from meteovision.pipeline.explain.filters import clearly_raised, rise_text
+
     npz = png.with_suffix(".npz")
     if not npz.is_file():
         return ""
     with np.load(npz) as data:
-        raised = data["raised"] if "raised" in data else np.ones(len(data["filters"]), dtype=bool)
-        return ", ".join(f"filter {f}: {b:.3g} -> {a:.3g}{'' if ok else ' (no clear rise)'}" for f, b, a, ok in
-                         zip(data["filters"], data["initial_activation"], data["final_activation"], raised,
-                             strict=True))
+        filters, before, after = data["filters"], data["initial_activation"], data["final_activation"]
+        if "spread" not in data:  # written before the spread was kept: the responses only
+            return ", ".join(f"filter {f}: {b:.3g} -> {a:.3g}" for f, b, a in zip(filters, before, after, strict=True))
+        spread = data["spread"]
+    raised = clearly_raised(before, after, spread)
+    return ", ".join(f"filter {f}: {rise_text(float(b), float(a), float(s))}{'' if ok else ' (no clear rise)'}"
+                     for f, b, a, s, ok in zip(filters, before, after, spread, raised, strict=True))
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:

@@ -45,6 +45,11 @@ def test_metrics_csv_and_html(tmp_path: Path) -> None:
 def test_filter_figures_from_npz(tmp_path: Path) -> None:
     png = tmp_path / "filters_x.png"
     np.savez(png.with_suffix(".npz"), filters=np.array([3, 7]), initial_activation=np.array([0.08, -1.19]),
-             final_activation=np.array([3.1, -1.08]), raised=np.array([True, False]))
-    assert filter_figures(png) == "filter 3: 0.08 -> 3.1, filter 7: -1.19 -> -1.08 (no clear rise)"
+             final_activation=np.array([3.1, -1.08]), spread=np.array([0.5, 0.1]))
+    # The grid's rule: a rise of at least RISE_MARGIN (2) spreads; 0.11 / 0.1 = 1.1 falls short.
+    assert filter_figures(png) == "filter 3: 0.08 -> 3.1 (+6.0 sd), filter 7: -1.19 -> -1.08 (+1.1 sd) (no clear rise)"
+    old = tmp_path / "filters_old.png"  # an npz written before the spread was kept: responses only
+    np.savez(old.with_suffix(".npz"), filters=np.array([3]), initial_activation=np.array([0.08]),
+             final_activation=np.array([3.1]))
+    assert filter_figures(old) == "filter 3: 0.08 -> 3.1"
     assert filter_figures(tmp_path / "other.png") == ""

@@ -7,11 +7,12 @@ Examples::
     meteovision explain saliency --checkpoint bow.ckpt --input radar/201808241800.h5 \\
         --region 100:160,40:120 --out products/
 
-``filters`` writes ``filters_<layer>.png`` (rows: filters, columns: input channels) and
-``filters_<layer>.npz`` (the optimised inputs, activations and gains); ``saliency`` writes a PNG
-and a CF NetCDF named like the prediction's product with ``_saliency`` added (classifiers: a PNG
-and an ``.npz``). The methods: :mod:`meteovision.pipeline.explain.filters` (filters) and
-:mod:`meteovision.pipeline.explain.saliency` (saliency).
+``filters`` writes ``filters_<layer>.png`` (a tile per filter and input channel) and
+``filters_<layer>.npz`` (the optimised inputs, the responses before and after, their spreads and
+the receptive field); ``saliency`` writes a PNG and a CF NetCDF named like the prediction's
+product with ``_saliency`` added (classifiers: a PNG and an ``.npz``). The methods:
+:mod:`meteovision.pipeline.explain.ascent` (filters) and :mod:`meteovision.pipeline.explain.saliency`
+(saliency).
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     filters = sub.add_parser("filters", help="activation maximisation: inputs that excite chosen filters",
                              description="Gradient ascent (Adam, jitter, blur, clamp to a plausible range) on the "
-                                         "input of the frozen network for each chosen filter's pre-activation; "
-                                         "the grid shows each response to a featureless input -> to the "
-                                         "optimised one.")
+                                         "input of the frozen network for each chosen filter's pre-activation at "
+                                         "the centre of its map; the grid shows each response to a featureless "
+                                         "input -> to the optimised one, and the rise in standard deviations of "
+                                         "the response to random inputs (clear: >= 2).")
     filters.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by `meteovision fit`")
     filters.add_argument("--layer", required=True,
                          help="Conv2d name from `explain layers`, or 'first' / 'last' (encoder ends)")
     filters.add_argument("--filters", default=None, metavar="LIST",
                          help=f"indices and ranges, e.g. 0-15 or 0,3,8-11 (default: the {DEFAULT_FILTERS} that random "
-                              "starting fields excite most)")
+                              "starting fields excite most, each on its own scale)")
     filters.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the PNG and npz")
     filters.add_argument("--size", type=int, default=None,
                          help="side of the optimised input in pixels (default 64; classifiers: their image size)")
@@ -56,8 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--lr", type=float, default=0.1,
                          help="Adam's step per pixel in normalised units")
     filters.add_argument("--seed", type=int, default=0, help="seed of the starting noise and the jitter")
-    filters.add_argument("--jitter", type=int, default=2, help="largest random roll per step, in pixels")
-    filters.add_argument("--blur-every", type=int, default=4, help="blur every N steps (0: never)")
+    filters.add_argument("--jitter", type=int, default=2,
+                         help="largest random roll per step, in pixels (at most 1/8 of the receptive field)")
+    filters.add_argument("--blur-every", type=int, default=4,
+                         help="blur every N steps (0: never; not on a receptive field under 8 sigma wide)")
     filters.add_argument("--blur-sigma", type=float, default=0.5, help="Gaussian blur sigma in pixels")
     filters.add_argument("--l2-decay", type=float, default=0.0,
                          help="fraction the input shrinks towards the training mean each step")
