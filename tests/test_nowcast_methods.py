@@ -282,7 +282,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     meta = CheckpointMetadata.from_checkpoint_dict(ckpt)
     assert meta.network.nowcast_head == "lagrangian"
     out = {"trained": trained}
-    for name, head in (("untrained", "lagrangian"), ("direct", "direct")):
+    for name, head in (("untrained", "lagrangian"), ("direct", "direct"), ("lk_untrained", "lk_advection")):
         torch.manual_seed(0)
         other = dataclasses.replace(meta, network=dataclasses.replace(meta.network, nowcast_head=head))
         net = build_network(other.network)
@@ -361,3 +361,20 @@ def test_every_method_fits_the_protocol(checkpoints: dict[str, Path]) -> None:
     for m in methods:
         out = m.forecast(past, 3)
         assert out.shape == (3, 40, 40) and out.dtype == np.float32, m.name
+
+
+def test_untrained_lk_head_is_lk_extrapolation_with_the_shared_motion(
+    checkpoints: dict[str, Path], moving: NowcastInput
+) -> None:
+    """Zero-initialised, the lk_advection head moves the rain as pysteps' LK does, along the very same motion."""
+    method = build_method("network", checkpoint=checkpoints["lk_untrained"])
+    assert isinstance(method, NetworkNowcast) and method.extends_leads
+    out = method.forecast(moving, LEADS)
+    lk = build_method("lk").forecast(moving, LEADS)
+    for k in range(LEADS):
+        both = np.isfinite(out[k]) & np.isfinite(lk[k])
+        assert np.corrcoef(out[k][both], lk[k][both])[0, 1] > 0.97
+        assert np.abs(centroid(out[k]) - centroid(cells(3 + k))).max() < 1.0
+    # the motion the evaluator shares (computed once per analysis time) gives the same nowcast
+    shared = dataclasses.replace(moving, motion=lucas_kanade_motion(moving))
+    np.testing.assert_array_equal(method.forecast(shared, LEADS), out)
