@@ -78,6 +78,7 @@ class BenchSettings:
     threads: int = 2
     seed: int = 0
     tile_size: int | None = None
+    config: Path = CONFIG
 
     def __post_init__(self) -> None:
         check_counts(self, ("leads", "repeats", "threads"), ("warmup",))
@@ -235,7 +236,7 @@ class Results:
 
 def run(settings: BenchSettings, work_dir: Path) -> Results:
     """Build the inputs and the three methods, then time each in turn (same process, same thread budget)."""
-    arch = Architecture.from_config()
+    arch = Architecture.from_config(settings.config)
     past, data = rain_event(settings, max(arch.num_input_frames, 3))
     checkpoint = make_checkpoint(work_dir / "nowcast_precip_random.ckpt", arch, settings.seed)
     network = build_method("network", checkpoint=checkpoint, tile_size=settings.tile_size)
@@ -310,6 +311,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads (2: the cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rain event and the weights")
     parser.add_argument("--tile-size", type=int, default=None, help="network tile side (default: predict's, 512)")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="training config whose network is timed (default configs/nowcast_precip.yaml; "
+                             "configs/nowcast_precip_real.yaml times the lk_advection head, its LK motion included)")
     parser.add_argument("--json", type=Path, default=None, help="also save the figures as JSON here")
     return parser.parse_args(argv)
 
@@ -318,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print the table and the ratios, save the JSON; 0 when it ran."""
     args = parse_args(argv)
     settings = BenchSettings(height=args.height, width=args.width, leads=args.leads, repeats=args.repeats,
-                             warmup=args.warmup, threads=args.threads, seed=args.seed, tile_size=args.tile_size)
+                             warmup=args.warmup, threads=args.threads, seed=args.seed, tile_size=args.tile_size,
+                             config=args.config)
     previous_threads = torch.get_num_threads()
     set_threads(settings.threads)
     load_start = os.getloadavg()

@@ -465,16 +465,6 @@ class ClassificationTask(MeteoTask):
     task_kind: ClassVar[TaskKind] = TaskKind.CLASSIFICATION
     default_loss: ClassVar[LossSettings] = LossSettings("cross_entropy")
 
-    def check_datamodule(self, dm: Any) -> None:
-        """Refuse a datamodule whose samples the network cannot take, naming both keys (before any step)."""
-        wants = self.nowcast_head in MOTION_INPUT_HEADS
-        gives = bool(getattr(dm, "motion_input", False))
-        if wants != gives:
-            raise ConfigError(
-                f"model.init_args.nowcast_head '{self.nowcast_head}' {'takes' if wants else 'does not take'} the "
-                f"Lucas-Kanade motion as input, but data.init_args.motion_input is {gives}: set it to "
-                f"{wants} (the archive DataModule computes it)")
-
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.class_names)
 
