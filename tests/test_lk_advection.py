@@ -78,3 +78,11 @@ def test_head_and_datamodule_must_agree_on_the_motion_input(head: str, motion_in
     with pytest.raises(ConfigError, match=r"nowcast_head .* data.init_args.motion_input is"):
         task.check_datamodule(SimpleNamespace(motion_input=motion_input))
     task.check_datamodule(SimpleNamespace(motion_input=not motion_input))
+
+
+def test_every_method_of_a_skill_plot_has_its_own_colour() -> None:
+    from meteovision.pipeline.verification.plots import method_colours
+
+    colours = method_colours(["real", "synthetic", "persistence", "lk", "sprog"])
+    assert len(set(colours.values())) == 5
+    assert method_colours(["network", "lk"])["network"] != method_colours(["network", "lk"])["lk"]

@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 _COLOURS = {"network": "#d62728", "persistence": "#7f7f7f", "lk": "#1f77b4", "sprog": "#2ca02c"}
 _LABELS = {"network": "network", "persistence": "persistence", "lk": "LK extrapolation", "sprog": "S-PROG"}
 _STYLES = {"network": "-", "persistence": ":", "lk": "--", "sprog": "-."}
+#: Colours of named checkpoint columns, in order (none of the baselines' colours).
+_CHECKPOINT_COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+
+
+def method_colours(methods: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """A distinct colour per method: the baselines' own, then the checkpoints' in order."""
+    networks = [m for m in methods if m not in _COLOURS or m == "network"]
+    out = {m: _CHECKPOINT_COLOURS[i % len(_CHECKPOINT_COLOURS)] for i, m in enumerate(networks)}
+    return {m: out.get(m) or _COLOURS[m] for m in methods}
 _MASK_GREY = (0.55, 0.55, 0.55, 0.55)
 
 
@@ -69,9 +78,10 @@ def write_skill_plots(result: EvaluationResult, out_dir: Path) -> list[Path]:
         fig = Figure(figsize=(6.4, 4.2), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
+        colours = method_colours(list(result.methods))
         for name in result.methods:
             values = [result.value(name, k, metric) for k in range(result.n_leads)]
-            ax.plot(leads, values, _STYLES.get(name, "-"), marker="o", ms=4, color=_COLOURS.get(name),
+            ax.plot(leads, values, _STYLES.get(name, "-"), marker="o", ms=4, color=colours[name],
                     label=_LABELS.get(name, name))
         ax.set_xlabel("lead time (min)")
         ax.set_ylabel(_metric_label(metric))
