@@ -78,7 +78,7 @@ class BenchSettings:
     threads: int = 2
     seed: int = 0
     tile_size: int | None = None
-    config: Path = CONFIG
+    config: str = str(CONFIG)
 
     def __post_init__(self) -> None:
         check_counts(self, ("leads", "repeats", "threads"), ("warmup",))
@@ -236,7 +236,7 @@ class Results:
 
 def run(settings: BenchSettings, work_dir: Path) -> Results:
     """Build the inputs and the three methods, then time each in turn (same process, same thread budget)."""
-    arch = Architecture.from_config(settings.config)
+    arch = Architecture.from_config(Path(settings.config))
     past, data = rain_event(settings, max(arch.num_input_frames, 3))
     checkpoint = make_checkpoint(work_dir / "nowcast_precip_random.ckpt", arch, settings.seed)
     network = build_method("network", checkpoint=checkpoint, tile_size=settings.tile_size)
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = BenchSettings(height=args.height, width=args.width, leads=args.leads, repeats=args.repeats,
                              warmup=args.warmup, threads=args.threads, seed=args.seed, tile_size=args.tile_size,
-                             config=args.config)
+                             config=str(args.config))
     previous_threads = torch.get_num_threads()
     set_threads(settings.threads)
     load_start = os.getloadavg()
