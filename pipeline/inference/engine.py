@@ -263,7 +263,7 @@ def motion_input(model: InferenceModel, physical: np.ndarray, motion: np.ndarray
     if motion.shape != (2, *physical.shape[-2:]):
         raise PredictError(f"{model.path.name}: motion must be (2, H, W) = (2, {physical.shape[-2]}, "
                            f"{physical.shape[-1]}), got {motion.shape}")
-    return (np.asarray(motion, dtype=np.float32) / MOTION_INPUT_SCALE).astype(np.float32)
+    return np.asarray(motion, dtype=np.float32) / np.float32(MOTION_INPUT_SCALE)
 
 
 def infer_field(

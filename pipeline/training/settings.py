@@ -31,7 +31,6 @@ from meteovision.pipeline.training.optim import (
     SCHEDULERS,
     build_optimizer,
     build_scheduler,
-    unknown_settings,
 )
 
 __all__ = ["LossSettings", "OptimizerSettings", "SchedulerSettings"]
@@ -98,8 +97,7 @@ class OptimizerSettings:
         options = _mapping(self.options, f"{self.key}.options")
         _no_named_fields_in_options(self.key, options, ("name", "lr", "weight_decay"))
         object.__setattr__(self, "options", options)
-        unknown_settings(self.key, self.name, OPTIMIZERS[self.name], options)
-        self.build([torch.nn.Parameter(torch.zeros(1))])  # torch checks the values (betas, momentum, ...)
+        self.build([torch.nn.Parameter(torch.zeros(1))])  # unknown keys named, then torch checks the values
 
     @classmethod
     def from_config(cls, value: OptimizerSettings | Mapping[str, Any]) -> OptimizerSettings:
@@ -142,8 +140,7 @@ class SchedulerSettings:
         options = _mapping(self.options, f"{self.key}.options")
         _no_named_fields_in_options(self.key, options, ("name", "monitor", "interval"))
         object.__setattr__(self, "options", options)
-        unknown_settings(self.key, self.name, SCHEDULERS[self.name], options)
-        self.build(_dummy_optimizer(), max_epochs=1)  # torch checks the values
+        self.build(_dummy_optimizer(), max_epochs=1)  # unknown keys named, then torch checks the values
 
     @classmethod
     def from_config(cls, value: SchedulerSettings | Mapping[str, Any]) -> SchedulerSettings:

@@ -170,7 +170,6 @@ def lucas_kanade_motion(past: NowcastInput) -> np.ndarray:
     if past.motion is not None:
         return past.motion
     what = "Lucas-Kanade motion"
-    _require_pysteps(what)
     past.last(MOTION_FRAMES, what)
     try:
         return lucas_kanade(past.frames, what)

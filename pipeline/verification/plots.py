@@ -36,6 +36,7 @@ _LABELS = {"network": "network", "persistence": "persistence", "lk": "LK extrapo
 _STYLES = {"network": "-", "persistence": ":", "lk": "--", "sprog": "-."}
 #: Colours of named checkpoint columns, in order (none of the baselines' colours).
 _CHECKPOINT_COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_MASK_GREY = (0.55, 0.55, 0.55, 0.55)
 
 
 def method_colours(methods: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -43,7 +44,6 @@ def method_colours(methods: list[str] | tuple[str, ...]) -> dict[str, str]:
     networks = [m for m in methods if m not in _COLOURS or m == "network"]
     out = {m: _CHECKPOINT_COLOURS[i % len(_CHECKPOINT_COLOURS)] for i, m in enumerate(networks)}
     return {m: out.get(m) or _COLOURS[m] for m in methods}
-_MASK_GREY = (0.55, 0.55, 0.55, 0.55)
 
 
 def metric_slug(metric: str) -> str:
