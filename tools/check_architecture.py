@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "datasets", "models", "pipeline", "workflows", "configs")
+PACKAGES = ("core", "datasets", "models", "pipeline", "workflows", "configs", "pretrained")
 OTHER_SOURCES = ("benchmarks", "tools", "tests")
 MAX_LINES = 500
 

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, Sampler
 
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.checkpoints.packaged import resolve_checkpoint
 from meteovision.pipeline.exit_codes import ExitCode, epilog
 from meteovision.pipeline.inference.cli import PRECISION_HELP
 from meteovision.pipeline.inference.outputs import OUTPUT_FORMATS
@@ -334,8 +335,8 @@ def run(args: argparse.Namespace) -> int:
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
             threshold=args.threshold, institution=args.institution, precision=args.precision,
         )
-        if not args.checkpoint.is_file():
-            raise BatchPredictError(f"{args.checkpoint}: no such checkpoint file")
+        if not resolve_checkpoint(args.checkpoint).is_file():
+            raise BatchPredictError(f"{args.checkpoint}: no such checkpoint file (nor a packaged checkpoint)")
         files, missing = expand_inputs(args.input)
         if missing:
             raise BatchPredictError(f"no such input: {', '.join(str(p) for p in missing)}")

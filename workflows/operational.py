@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.checkpoints.packaged import resolve_checkpoint
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.atomic import TEMP_PREFIX, TEMP_SUFFIX
 from meteovision.pipeline.inference.write_errors import OutputWriteError, folder_problem
@@ -128,8 +129,8 @@ class TickSummary:
 
 def _prepare_folders(config: OperationalConfig) -> None:
     """Refuse a missing checkpoint or input folder; create the output and quarantine folders."""
-    if not config.checkpoint.is_file():
-        raise OperationalConfigError(f"checkpoint: {config.checkpoint}: no such file")
+    if not resolve_checkpoint(config.checkpoint).is_file():
+        raise OperationalConfigError(f"checkpoint: {config.checkpoint}: no such file (nor a packaged checkpoint)")
     if not config.input.folder.is_dir():
         raise OperationalConfigError(f"input.folder: {config.input.folder}: no such folder")
     for key, folder in (

@@ -25,11 +25,12 @@ from meteovision.pipeline.checkpoints.metadata import (
     NetworkMetadata,
     checkpoint_metadata,
 )
+from meteovision.pipeline.checkpoints.packaged import PACKAGED_CHECKPOINTS, resolve_checkpoint
 
 __all__ = [
     "CHECKPOINT_KEY", "FORMAT_VERSION", "CheckpointError", "CheckpointMetadata", "CheckpointMismatchError",
     "InferenceModel", "NetworkMetadata", "check_data_matches", "checkpoint_metadata", "file_sha256", "load_checkpoint",
-    "load_inference_model", "load_metadata",
+    "load_inference_model", "load_metadata", "resolve_checkpoint",
 ]
 
 def check_data_matches(meta: CheckpointMetadata, dm: Any) -> None:
@@ -64,12 +65,15 @@ def _close(a: Any, b: Any) -> bool:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a meteovision checkpoint safely (weights_only) and check it carries our metadata.
 
+    ``path`` may also name a packaged checkpoint (``nowcast_precip_real``) when no such file exists.
+
     Every refusal is a :class:`CheckpointError` naming the file and why: missing, empty,
     truncated or not a torch file, a Python object that safe loading does not allow, no metadata.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file (nor the name of a packaged checkpoint: "
+                              f"{', '.join(PACKAGED_CHECKPOINTS)})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
@@ -136,12 +140,13 @@ class InferenceModel:
 def load_inference_model(path: str | Path) -> InferenceModel:
     """Network in eval mode plus metadata, from a checkpoint written by ``meteovision fit``.
 
-    Loads with ``weights_only=True``; the network is rebuilt from the model registry with the
-    stored name, channel counts and settings, then given the trained weights (strict).
+    Loads with ``weights_only=True`` (``path`` may name a packaged checkpoint); the network is rebuilt
+    from the model registry with the stored name, channel counts and settings, then given the trained
+    weights (strict; float16 weights of a packaged checkpoint are read into the float32 network).
     """
     from meteovision.pipeline.checkpoints.networks import build_network
 
-    path = Path(path)
+    path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
     meta = CheckpointMetadata.from_checkpoint_dict(ckpt, str(path))
     net = build_network(meta.network)

@@ -1,0 +1,42 @@
+"""Make a packaged checkpoint from a training one: float16 weights and metadata, at most 20 MB.
+
+    python tools/package_checkpoint.py runs/nowcast_precip_real/checkpoints/best.ckpt nowcast_precip_real
+
+Writes ``pretrained/<name>.ckpt`` and prints what its model card (``pretrained/<name>.md``) must state:
+the sha256, the size and the parameter count. Replace a shipped checkpoint at most once per issue, so the
+repository's history stays small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from meteovision.pipeline.checkpoints.loading import CheckpointError, file_sha256, load_checkpoint
+from meteovision.pipeline.checkpoints.packaged import PACKAGED_CHECKPOINTS, write_packaged_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="checkpoint written by `meteovision fit`")
+    parser.add_argument("name", choices=PACKAGED_CHECKPOINTS, help="the packaged name it ships under")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        ckpt = load_checkpoint(args.source)
+        target = write_packaged_checkpoint(ckpt, ROOT / "pretrained" / f"{args.name}.ckpt", str(args.source))
+    except CheckpointError as err:
+        print(f"package_checkpoint: {err}", file=sys.stderr)
+        return 2
+    params = sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("net.") and v.is_floating_point())
+    print(f"{target}\nsha256 {file_sha256(target)}\nsize {target.stat().st_size / 1e6:.2f} MB\n"
+          f"parameters {params / 1e6:.2f} M\nepoch {ckpt.get('epoch')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
