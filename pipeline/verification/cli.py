@@ -74,7 +74,7 @@ def _output_dirs(args: argparse.Namespace, configs: list[str]) -> list[Path | No
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation(s), print the tables, write the outputs; return the exit code."""
-    from meteovision.pipeline.verification.evaluate import checkpoint_names, run_evaluation
+    from meteovision.pipeline.verification.evaluate import check_networks_fit, checkpoint_names, run_evaluation
     from meteovision.pipeline.verification.evaluate_config import load_config
     from meteovision.pipeline.verification.evaluation_outputs import markdown_table, table_caption, write_outputs
     from meteovision.pipeline.verification.pooled import pooled_table, sums_table, window_sums
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoints = checkpoint_names(args.checkpoint or [])
         argv = sys.argv[sys.argv.index("evaluate") + 1 :] if "evaluate" in sys.argv else []
         command = "meteovision evaluate " + " ".join(shlex.quote(a) for a in argv) if argv else ""
+        cfgs = []
         for config, output_dir in zip(configs, _output_dirs(args, configs), strict=True):
             cfg = load_config(config, data_root=args.data_root, output_dir=output_dir,
                               methods=tuple(args.methods) if args.methods else None,
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
                 settings = {**cfg.method_settings, "network": {**cfg.method_settings.get("network", {}),
                                                                "device": args.device}}
                 cfg = cfg.model_copy(update={"method_settings": settings})
+            check_networks_fit(cfg, checkpoints)  # every config and checkpoint, before any window is scored
+            cfgs.append(cfg)
+        for cfg in cfgs:
             result = run_evaluation(cfg, checkpoints, command=command, workers=args.workers)
             write_outputs(result, cfg.output_dir)
             results.append(result)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from meteovision.pipeline.checkpoints.packaged import resolve_checkpoint
 from meteovision.pipeline.verification.lead_scores import FssWindow, LeadTimeScores, fss_windows, score_methods
 
 if TYPE_CHECKING:
@@ -130,6 +131,17 @@ def checkpoint_names(checkpoints: Sequence[str | Path]) -> dict[str, Path]:
                                   f"(give name=path)")
         named[name] = Path(path)
     return named
+
+
+def check_networks_fit(cfg: EvaluationConfig, checkpoints: Mapping[str, Path] | Path | None) -> None:
+    """Refuse, before any frame is read, a checkpoint that needs more past frames than ``cfg`` gives."""
+    from meteovision.pipeline.checkpoints.loading import load_metadata
+
+    for name, path in _as_checkpoints(checkpoints).items():
+        needed = load_metadata(resolve_checkpoint(path)).num_input_frames
+        if needed and needed > cfg.past_frames:
+            raise EvaluationError(f"{cfg.name}: checkpoint {name} ({path}) needs {needed} past frames, the config "
+                                  f"gives {cfg.past_frames} (past_frames)")
 
 
 def method_names(cfg: EvaluationConfig, checkpoints: Mapping[str, Path] | Path | None) -> list[str]:
@@ -272,13 +284,15 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
                    series: RadarSeries | None = None, command: str = "", workers: int = 1) -> EvaluationResult:
     """Load the series (unless given), run every method over the test window's analysis times, score them.
 
-    ``checkpoint`` is one checkpoint (method ``network``) or {method name: checkpoint}; ``workers``
+    ``checkpoint`` is one checkpoint (method ``network``) or {method name: checkpoint}, each a path or the
+    name of a packaged checkpoint; ``workers``
     processes score analysis times in parallel (the same scores as one).
     """
-    nets = _as_checkpoints(checkpoint)
+    nets = {name: resolve_checkpoint(path) for name, path in _as_checkpoints(checkpoint).items()}
     for path in nets.values():
-        if not Path(path).is_file():
-            raise EvaluationError(f"{path}: no such checkpoint file")
+        if not path.is_file():
+            raise EvaluationError(f"{path}: no such checkpoint file (nor a packaged checkpoint)")
+    check_networks_fit(cfg, nets)
     if workers < 1:
         raise EvaluationError(f"{cfg.name}: workers must be >= 1, got {workers}")
     names = method_names(cfg, nets)
