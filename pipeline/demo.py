@@ -1,4 +1,5 @@
-"""``meteovision demo``: the whole chain on built-in synthetic data, for every application.
+"""``meteovision demo``: the whole chain on built-in synthetic data, for every application, then the
+packaged real-radar nowcast on real OPERA frames (:mod:`meteovision.pipeline.demo_real_nowcast`).
 
 For each application: write sample data, summarise its tensors, train briefly from the
 application's packaged config, score the test split beside the classic baseline, predict the
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meteovision.core.applications import APPLICATION_NAMES
+from meteovision.pipeline.demo_real_nowcast import RealNowcastResult, run_real_nowcast
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample data and training")
     parser.add_argument("--no-train", action="store_true", help="only sample data and tensor summaries")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo's epochs per application")
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data"),
+                        help="real radar files for the packaged real-radar nowcast (skipped when absent)")
 
 
 def _cli(*args: str) -> list[str]:
@@ -173,7 +177,7 @@ def _demo_inputs(data_dir: Path, app: str) -> list[str]:
     return files[-2:]
 
 
-def write_report(results: list[AppResult], out: Path) -> Path:
+def write_report(results: list[AppResult], out: Path, real: RealNowcastResult | None = None) -> Path:
     """Markdown and HTML report: the summary table (model vs baseline on each headline metric) first,
     then per application the data, the checkpoint, its metrics CSV and the products (pictures inline)."""
     from meteovision.pipeline.demo_report import (
@@ -221,10 +225,29 @@ def write_report(results: list[AppResult], out: Path) -> Path:
             if figures:
                 lines.append(f"\n{filter_note()}: {figures}\n")
                 blocks.append(("p", f"{filter_note()}: {figures}"))
+    if real is not None:
+        real_lines, real_blocks = _real_nowcast_section(real, out)
+        lines += real_lines
+        blocks += real_blocks
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "report.html").write_text(html_report("meteovision demo report", blocks, out), encoding="utf-8")
     return report
+
+
+def _real_nowcast_section(real: RealNowcastResult, out: Path) -> tuple[list[str], list[tuple[str, object]]]:
+    """Report lines and HTML blocks of the packaged network on real OPERA CIRRUS frames."""
+    title = "nowcast_precip_real: the packaged network on real OPERA CIRRUS frames"
+    status = f"skipped: {real.skipped}" if real.skipped else f"FAILED: {real.error}" if real.error else ""
+    if status:
+        return ["", f"## {title}", "", status], [("h2", title), ("p", status)]
+    lines = ["", f"## {title}", "", real.table]
+    blocks: list[tuple[str, object]] = [("h2", title), ("pre", real.table)]
+    for path in real.outputs:
+        rel = path.relative_to(out)
+        lines.append(f"![{rel}]({rel})" if path.suffix == ".png" else f"- `{rel}`")
+        blocks.append(("img", path) if path.suffix == ".png" else ("link", path))
+    return lines, blocks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,9 +260,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results = [run_app(app, out, args.seed, not args.no_train, args.epochs, explain=(i == 0))
                for i, app in enumerate(apps)]
-    report = write_report(results, out)
+    real = None if args.no_train else run_real_nowcast(out, args.data_root.resolve(), _run)
+    report = write_report(results, out, real)
     print(f"\nreport: {report}")
-    failed = [r.app for r in results if not r.ok]
+    failed = [r.app for r in results if not r.ok] + (["nowcast_precip_real"] if real and real.error else [])
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
         return 1

@@ -122,7 +122,7 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def html_report(title: str, blocks: Sequence[tuple[str, object]], out: Path) -> str:
-    """A self-contained HTML page from blocks: ``("h1"|"h2"|"p", text)``, ``("table", rows)``,
+    """A self-contained HTML page from blocks: ``("h1"|"h2"|"p"|"pre", text)``, ``("table", rows)``,
     ``("img", path)`` (inlined as base64) and ``("link", path)`` (relative to ``out``)."""
     parts = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">", f"<title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -130,6 +130,8 @@ def html_report(title: str, blocks: Sequence[tuple[str, object]], out: Path) -> 
     for kind, value in blocks:
         if kind in ("h1", "h2", "p"):
             parts.append(f"<{kind}>{html.escape(str(value))}</{kind}>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(str(value))}</pre>")
         elif kind == "table":
             rows = list(value)  # type: ignore[call-overload]
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr>")
