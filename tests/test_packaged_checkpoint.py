@@ -153,3 +153,26 @@ def test_evaluate_refuses_a_network_needing_more_past_frames_before_reading_any(
         check_networks_fit(cfg, {"real": Path(NAME)})
     with pytest.raises(EvaluationError, match=r"needs 3 past frames"):  # before the (absent) frames are read
         run_evaluation(cfg, {"real": Path(NAME)})
+
+
+@pytest.mark.realdata
+def test_predict_by_name_nowcasts_1_km_frames_coarsened_to_the_checkpoints_2_km(shared_data: Path,
+                                                                                tmp_path: Path) -> None:
+    pytest.importorskip("pysteps")
+    import json
+
+    import xarray as xr
+
+    from meteovision.pipeline.cli import main
+
+    frames = sorted((shared_data / "radar" / "mch_20150515").glob("*.h5"))[-3:]
+    args = ["predict", "--checkpoint", NAME, "--input", *map(str, frames), "--latest", "--no-progress"]
+    assert main([*args, "--output", str(tmp_path / "refused")]) == 2  # 1 km frames, a 2 km checkpoint
+    assert main([*args, "--output", str(tmp_path / "ok"), "--coarsen", "2"]) == 0
+    (product,) = (tmp_path / "ok").glob("*.nc")
+    with xr.open_dataset(product) as ds:
+        assert ds.rain_rate.shape == (3, 320, 355)  # 640 x 710 cells of 1 km, halved
+        assert float(abs(ds.x[1] - ds.x[0])) == pytest.approx(2000.0)
+        assert json.loads(ds.attrs["meteovision_config"])["input_coarsen"] == 2
+        assert ds.attrs["meteovision_checkpoint_sha256"] == file_sha256(packaged_checkpoint_path(NAME))
+        assert float(ds.rain_rate.max()) > 1.0  # it rains in the Alps that evening

@@ -36,7 +36,8 @@ PRECISION_HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = epilog()
     parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="checkpoint written by `meteovision fit`")
+                        help="checkpoint written by `meteovision fit`, or the name of a packaged one "
+                             "(nowcast_precip_real)")
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH|GLOB|DIR",
                         help="input files: paths, folders (their files) or quoted glob patterns")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the products")
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="segmentation: probability for the mask")
     parser.add_argument("--ignore-grid-spacing", action="store_true",
                         help="run on inputs whose grid spacing differs from the checkpoint's (warn only)")
+    parser.add_argument("--coarsen", type=int, default=1, metavar="K",
+                        help="average K x K blocks of every input first (valid cells; linear Z for dBZ) to reach "
+                             "the checkpoint's grid spacing, e.g. 2 for a 1 km composite and nowcast_precip_real")
     parser.add_argument("--latest", action="store_true",
                         help="nowcasts: only the latest complete window (operational use)")
     parser.add_argument("--max-gap-minutes", type=float, default=60.0,
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         settings = PredictSettings(
             output_dir=args.output, format=args.format, overwrite=args.overwrite, quicklook=args.quicklook,
             tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-            threshold=args.threshold, ignore_grid_spacing=args.ignore_grid_spacing, latest_only=args.latest,
+            threshold=args.threshold, ignore_grid_spacing=args.ignore_grid_spacing, coarsen=args.coarsen,
+            latest_only=args.latest,
             max_gap_minutes=args.max_gap_minutes,
             progress=progress, institution=args.institution, precision=args.precision,
         )

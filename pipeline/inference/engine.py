@@ -100,6 +100,7 @@ class PredictSettings:
     device: str = "cpu"
     threshold: float = 0.5
     ignore_grid_spacing: bool = False
+    coarsen: int = 1
     latest_only: bool = False
     max_gap_minutes: float = 60.0
     progress: bool = False
@@ -116,6 +117,8 @@ class PredictSettings:
             raise PredictError(f"max_gap_minutes must be > 0, got {self.max_gap_minutes}")
         if self.batch_size < 1:
             raise PredictError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.coarsen < 1:
+            raise PredictError(f"coarsen must be >= 1, got {self.coarsen}")
         if not (self.device in {"cpu", "cuda"} or self.device.startswith("cuda:")):
             raise PredictError(f"device {self.device!r} unknown; use cpu, cuda or cuda:N")
         if not self.institution.strip():
@@ -300,6 +303,7 @@ def run_config(model: InferenceModel, settings: PredictSettings, tiling: TilingS
         "input_variables": list(meta.input_variables),
         "input_units": list(meta.channel_units),
         "input_transforms": list(stats.transforms) if stats is not None else [],
+        "input_coarsen": settings.coarsen,  # k x k block mean of every input before the network
         "tiling": {
             "tile_size": tiling.tile_size, "overlap": tiling.overlap, "blend": tiling.blend,
             "batch_size": tiling.batch_size, "device": tiling.device,

@@ -21,7 +21,7 @@ import xarray as xr
 
 from meteovision.datasets.errors import MissingVariableError
 from meteovision.datasets.read_guard import reading
-from meteovision.datasets.readers import open_dataset
+from meteovision.datasets.readers import ReadOptions, open_dataset
 from meteovision.pipeline.checkpoints.loading import CheckpointMetadata, CheckpointMismatchError
 from meteovision.pipeline.inference.products import ProductGrid
 
@@ -86,15 +86,20 @@ def expand_inputs(specs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What every input frame must hold for a checkpoint: variables, their units, the grid spacing."""
+    """What every input frame must hold for a checkpoint: variables, their units, the grid spacing.
+
+    ``coarsen``: average k x k blocks of every input as it is read (the valid cells; linear Z for dBZ),
+    so that a 1 km composite meets a 2 km checkpoint; the spacing is checked after it.
+    """
 
     variables: tuple[str, ...]
     units: tuple[str, ...] | None
     grid_spacing_m: float | None
     ignore_grid_spacing: bool = False
+    coarsen: int = 1
 
     @classmethod
-    def from_meta(cls, meta: CheckpointMetadata, ignore_grid_spacing: bool = False) -> InputSpec:
+    def from_meta(cls, meta: CheckpointMetadata, ignore_grid_spacing: bool = False, coarsen: int = 1) -> InputSpec:
         """The expectations written in a checkpoint's metadata (``checkpoints.metadata``)."""
         variables = meta.input_variables
         if not variables:
@@ -106,7 +111,11 @@ class InputSpec:
         # Stacked time steps are frame-major, so the first len(variables) units are the variables' units.
         units = tuple(units_all[: len(variables)]) if len(units_all) >= len(variables) else None
         spacing = meta.grid_spacing_m
-        return cls(variables, units, spacing, ignore_grid_spacing)
+        return cls(variables, units, spacing, ignore_grid_spacing, coarsen)
+
+    def open(self, path: Path) -> xr.Dataset:
+        """The file read through the readers, its blocks averaged when ``coarsen`` > 1."""
+        return open_dataset(path, options=ReadOptions(coarsen=self.coarsen)) if self.coarsen > 1 else open_dataset(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,7 +225,7 @@ def read_frames(path: Path, spec: InputSpec) -> list[tuple[Frame, np.ndarray]]:
     other exception a format library raises on the file's content becomes ``UnexpectedReadError``.
     """
     path = Path(path)
-    with reading(path), open_dataset(path) as ds:
+    with reading(path), spec.open(path) as ds:
         chosen = _checked_variables(path, ds, spec)
         grid = ProductGrid.from_dataset(ds)
         check_grid_spacing(path, grid, spec)
@@ -229,7 +238,7 @@ def read_frames(path: Path, spec: InputSpec) -> list[tuple[Frame, np.ndarray]]:
 
 def load_frame(frame: Frame, spec: InputSpec) -> np.ndarray:
     """The ``[V, H, W]`` data of a frame read (and checked) earlier, read again from its file."""
-    with reading(frame.path), open_dataset(frame.path) as ds:
+    with reading(frame.path), spec.open(frame.path) as ds:
         return _stack(frame.path, _checked_variables(frame.path, ds, spec), frame.index)
 
 

@@ -105,7 +105,7 @@ def _setup(
     model: InferenceModel, settings: PredictSettings
 ) -> tuple[TilingSettings, InputSpec, dict[str, Any]]:
     tiling = prepare_model(model, settings)
-    spec = InputSpec.from_meta(model.meta, settings.ignore_grid_spacing)
+    spec = InputSpec.from_meta(model.meta, settings.ignore_grid_spacing, settings.coarsen)
     if spec.grid_spacing_m is None:
         log.warning("%s records no grid spacing: the inputs' grid spacing cannot be checked", model.path.name)
     ensure_output_folder(settings)
