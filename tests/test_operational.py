@@ -118,6 +118,15 @@ def test_config_paths_are_relative_to_the_file(tmp_path: Path, monkeypatch: pyte
     assert (config.input.window_hours, config.retry.max_attempts, config.log_format) == (6.0, 3, "text")
 
 
+def test_a_packaged_checkpoint_name_stays_a_name_unless_a_file_beside_the_config_has_it(tmp_path: Path) -> None:
+    src = tmp_path / "ops.yaml"
+    src.write_text("name: x\nkind: single_file\ncheckpoint: nowcast_precip_real\ninput: {folder: in}\n"
+                   "output: {folder: out}\nledger: l.sqlite\nlock: x.lock\n")
+    assert load_config(src).checkpoint == Path("nowcast_precip_real")
+    (tmp_path / "nowcast_precip_real").write_bytes(b"mine")
+    assert load_config(src).checkpoint == tmp_path / "nowcast_precip_real"
+
+
 def test_example_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/meteovision/app")
     examples = sorted((WORKFLOWS / "examples").glob("*.yaml"))

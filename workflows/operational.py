@@ -186,6 +186,7 @@ def predict_settings(config: OperationalConfig) -> PredictSettings:
         device=p.device,
         threshold=p.threshold,
         ignore_grid_spacing=p.ignore_grid_spacing,
+        coarsen=p.coarsen,
         latest_only=config.kind == "nowcast_sequence",
         max_gap_minutes=max(60.0, 2 * step),
         progress=False,

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meteovision.datasets.errors import MeteovisionError
+from meteovision.pipeline.checkpoints.packaged import PACKAGED_CHECKPOINTS
 
 __all__ = [
     "InputConfig",
@@ -147,6 +148,7 @@ class PredictOptions(_Strict):
     overlap: int | None = Field(default=None, ge=0)
     threshold: float = Field(default=0.5, gt=0, lt=1)
     ignore_grid_spacing: bool = False
+    coarsen: int = Field(default=1, ge=1, description="average k x k input blocks first (predict --coarsen)")
     institution: str = "meteovision"
 
     @field_validator("device")
@@ -231,7 +233,10 @@ def _resolve_paths(raw: dict[str, Any], source: Path) -> None:
         if not isinstance(holder, dict) or not isinstance(holder.get(last), str):
             continue
         path = Path(_expand(holder[last], ".".join(keys), source))
-        holder[last] = str(path if path.is_absolute() else (source.parent / path))
+        anchored = path if path.is_absolute() else source.parent / path
+        if keys == ("checkpoint",) and str(path) in PACKAGED_CHECKPOINTS and not anchored.exists():
+            continue  # the name of a checkpoint shipped in the package (no such file beside the config)
+        holder[last] = str(anchored)
 
 
 def _describe(err: ValidationError, source: Path) -> str:

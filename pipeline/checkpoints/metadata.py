@@ -29,6 +29,8 @@ from meteovision.pipeline.versions import package_versions
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "meteovision"
+#: The key under which `meteovision fit` records its run (the loggers' version) in every checkpoint.
+RUN_KEY = "meteovision_run"
 FORMAT_VERSION = 2
 NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian", "lk_advection")
 #: Heads whose input is the frames plus their Lucas-Kanade motion (two channels the data do not hold).

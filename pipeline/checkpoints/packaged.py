@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from meteovision.pipeline.checkpoints.metadata import CHECKPOINT_KEY, CheckpointError
+from meteovision.pipeline.checkpoints.metadata import CHECKPOINT_KEY, RUN_KEY, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ PACKAGE = "meteovision.pretrained"
 PACKAGED_CHECKPOINTS: tuple[str, ...] = ("nowcast_precip_real",)
 MAX_PACKAGED_BYTES = 20_000_000
 #: Training-checkpoint keys a shipped file keeps besides the weights (provenance, not resumable state).
-_KEPT_KEYS = (CHECKPOINT_KEY, "epoch", "global_step", "pytorch-lightning_version", "meteovision_run")
+_KEPT_KEYS = (CHECKPOINT_KEY, "epoch", "global_step", "pytorch-lightning_version", RUN_KEY)
 
 
 def packaged_checkpoint_path(name: str) -> Path:

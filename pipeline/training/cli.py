@@ -37,6 +37,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.checkpoints.loading import load_metadata
+from meteovision.pipeline.checkpoints.metadata import RUN_KEY
 from meteovision.pipeline.training.settings import LossSettings, OptimizerSettings, SchedulerSettings
 from meteovision.pipeline.training.tasks import MeteoTask
 
@@ -55,7 +56,6 @@ def resolve_config_path(value: str) -> str:
 
 
 #: top-level checkpoint key holding the run's logger version (``{"log_version": N}``)
-RUN_KEY = "meteovision_run"
 _LAST_CKPT = re.compile(r"last(-\d+)?\.ckpt")
 #: ``--ckpt_path`` values Lightning resolves to a file of its own run
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
