@@ -117,11 +117,30 @@ class AdvectionNowcast(nn.Module):
         last frame advected k steps plus lead M's correction advected the k - M steps after it (its
         growth or decay carried along), so a lagrangian head gives Lagrangian persistence at any lead.
         """
+        return self.advect_fields(self.motion_fields(x), n_leads)
+
+    @property
+    def field_channels(self) -> int:
+        """Channels of :meth:`motion_fields`: motion (2), corrections (leads x variables), last frame."""
+        return 2 + (self.lead_times + 1) * self.variables_per_frame
+
+    def motion_fields(self, x: Tensor) -> Tensor:
+        """What the network computes locally: motion, corrections and the last frame, stacked as channels.
+
+        Whole-domain inference runs this part tile by tile and :meth:`advect_fields` once over the
+        blended domain, so the advection reaches across tile borders at every lead.
+        """
+        flow, corrections = self.motion(x)
+        last = self.frames(x)[:, -self.variables_per_frame :]
+        return torch.cat([flow, corrections, last], dim=1)  # a lagrangian head's corrections go unused
+
+    def advect_fields(self, fields: Tensor, n_leads: int) -> Tensor:
+        """Leads 1..n_leads from :meth:`motion_fields` (see :meth:`extrapolate`)."""
         if n_leads < 1:
             raise ValueError(f"n_leads must be >= 1, got {n_leads}")
-        flow, corrections = self.motion(x)
         v, m = self.variables_per_frame, self.lead_times
-        last = self.frames(x)[:, -v:]
+        flow, last = fields[:, :2], fields[:, -v:]
+        corrections = fields[:, 2:-v]
         frames = []
         for k in range(1, n_leads + 1):
             advected = self._advect(last, flow, k)

@@ -24,6 +24,7 @@ from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.motion import MOTION_INPUT_SCALE, MotionDependencyError, lucas_kanade
 from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError, InferenceModel
 from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import (
     InputMismatchError,
@@ -271,23 +272,37 @@ def motion_input(model: InferenceModel, physical: np.ndarray, motion: np.ndarray
 
 def infer_field(
     model: InferenceModel, physical: np.ndarray, tiling: TilingSettings, nodata: np.ndarray | None = None,
-    motion: np.ndarray | None = None,
+    motion: np.ndarray | None = None, n_leads: int | None = None,
 ) -> np.ndarray:
     """Model output ``[K, H, W]`` (probabilities or physical units) for a physical input ``[C, H, W]``.
 
     ``nodata`` (``[H, W]`` bool) marks pixels set to NaN in every output channel. A head that takes
     the Lucas-Kanade motion of its frames as input gets ``motion`` (``[2, H, W]`` pixels per step),
-    computed here when not given.
+    computed here when not given. ``n_leads``: leads of an advection head (default: the trained ones).
     """
     stats = model.input_stats()
     normalised = stats.normalize(physical, channel_axis=0) if stats is not None else physical
     if model.meta.network.nowcast_head in MOTION_INPUT_HEADS:
         normalised = np.concatenate([normalised, motion_input(model, physical, motion)], axis=0)
-    raw = predict_domain(model.net, normalised, tiling)
+    raw = _advected(model.net, normalised, tiling, n_leads) if isinstance(model.net, AdvectionNowcast) else None
+    if raw is None:
+        if n_leads is not None:
+            raise PredictError(f"{model.path.name}: its '{model.meta.network.nowcast_head}' head makes its "
+                               f"trained leads only; {n_leads} leads need an advection head")
+        raw = predict_domain(model.net, normalised, tiling)
     out = physical_outputs(model, raw)
     if nodata is not None:
         out[:, nodata] = np.nan
     return out
+
+
+def _advected(net: AdvectionNowcast, normalised: np.ndarray, tiling: TilingSettings, n_leads: int | None) -> np.ndarray:
+    """An advection head over the whole domain: its local part (motion, corrections) tile by tile, then
+    one advection of the blended fields, so rain is carried across tile borders at every lead."""
+    fields = predict_domain(net.motion_fields, normalised, tiling)
+    with torch.inference_mode():
+        leads = net.advect_fields(torch.from_numpy(fields)[None].to(tiling.device), n_leads or net.lead_times)
+    return leads[0].to("cpu", torch.float32).numpy()
 
 
 def run_config(model: InferenceModel, settings: PredictSettings, tiling: TilingSettings) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from torch import Tensor, nn
 
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
@@ -302,18 +301,6 @@ class SprogNowcast:
         return rate
 
 
-class _Extrapolating(nn.Module):
-    """An advection head asked for ``n_leads`` leads (more than it was trained for), as a plain module."""
-
-    def __init__(self, net: AdvectionNowcast, n_leads: int) -> None:
-        super().__init__()
-        self.net = net
-        self.n_leads = n_leads
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net.extrapolate(x, self.n_leads)
-
-
 @dataclass(frozen=True)
 class NetworkNowcast:
     """A trained meteovision nowcast checkpoint, run as ``meteovision predict`` runs it.
@@ -367,14 +354,12 @@ class NetworkNowcast:
         self._warn_spacing(past)
         m = self.trained_leads
         model = self.model
-        if n_leads > m:
-            net = model.net
-            if not isinstance(net, AdvectionNowcast):
-                head = model.meta.network.nowcast_head
-                raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
-                                   f"extrapolate to {n_leads}; only an advection/lagrangian head can")
-            model = dataclasses.replace(model, net=_Extrapolating(net, n_leads))
-        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion)
+        if n_leads > m and not isinstance(model.net, AdvectionNowcast):
+            head = model.meta.network.nowcast_head
+            raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
+                               f"extrapolate to {n_leads}; only an advection/lagrangian head can")
+        leads = n_leads if isinstance(model.net, AdvectionNowcast) else None
+        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion, n_leads=leads)
         return np.ascontiguousarray(out[:n_leads], dtype=np.float32)
 
     def _warn_spacing(self, past: NowcastInput) -> None:
