@@ -252,7 +252,7 @@ def test_checkpoint_must_fit_the_config(nowcast: Trained, bow: Trained, tmp_path
     summary = run_tick(missing, now=now)
     assert (
         summary.exit_code == ExitCode.USAGE_ERROR
-        and summary.error == f"checkpoint: {tmp_path / 'absent.ckpt'}: no such file"
+        and summary.error == f"checkpoint: {tmp_path / 'absent.ckpt'}: no such file (nor a packaged checkpoint)"
     )
 
 
