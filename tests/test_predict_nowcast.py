@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from meteovision.pipeline.checkpoints.loading import load_inference_model
+from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
 from meteovision.pipeline.cli import main
 from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import InputMismatchError
@@ -77,7 +79,13 @@ def test_nowcast_has_lead_times_reference_time_and_the_models_values(
     stack = np.stack([f["RATE"] for _, f in frames])
     dbr = np.where(stack >= 0.1, 10 * np.log10(np.maximum(stack, 0.1)), -15.0)
     z = np.where(np.isnan(stack), 0.0, (dbr - stats.mean[0]) / stats.std[0]).astype(np.float32)
-    raw = predict_domain(model.net, z, prepare_model(model, settings))
+    tiling = prepare_model(model, settings)
+    if isinstance(model.net, AdvectionNowcast):  # local part tile by tile, one advection over the domain
+        fields = torch.from_numpy(predict_domain(model.net.motion_fields, z, tiling))[None]
+        with torch.no_grad():
+            raw = model.net.advect_fields(fields, model.net.lead_times)[0].numpy()
+    else:
+        raw = predict_domain(model.net, z, tiling)
     dbr_out = raw * stats.std[0] + stats.mean[0]
     rain = np.where(dbr_out < -10.0, 0.0, 10.0 ** (dbr_out / 10.0))
     last_nodata = np.isnan(stack[-1])
