@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = sum(v.numel() for k, v in ckpt["state_dict"].items() if k.startswith("net.") and v.is_floating_point())
     print(f"{target}\nsha256 {file_sha256(target)}\nsize {target.stat().st_size / 1e6:.2f} MB\n"
-          f"parameters {params / 1e6:.2f} M\nepoch {ckpt.get('epoch')}")
+          f"floating values (parameters and batch-norm statistics) {params / 1e6:.2f} M\nepoch {ckpt.get('epoch')}")
     return 0
 
 

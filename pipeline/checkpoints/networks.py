@@ -119,11 +119,6 @@ class AdvectionNowcast(nn.Module):
         """
         return self.advect_fields(self.motion_fields(x), n_leads)
 
-    @property
-    def field_channels(self) -> int:
-        """Channels of :meth:`motion_fields`: motion (2), corrections (leads x variables), last frame."""
-        return 2 + (self.lead_times + 1) * self.variables_per_frame
-
     def motion_fields(self, x: Tensor) -> Tensor:
         """What the network computes locally: motion, corrections and the last frame, stacked as channels.
 

@@ -284,11 +284,12 @@ def infer_field(
     normalised = stats.normalize(physical, channel_axis=0) if stats is not None else physical
     if model.meta.network.nowcast_head in MOTION_INPUT_HEADS:
         normalised = np.concatenate([normalised, motion_input(model, physical, motion)], axis=0)
-    raw = _advected(model.net, normalised, tiling, n_leads) if isinstance(model.net, AdvectionNowcast) else None
-    if raw is None:
-        if n_leads is not None:
-            raise PredictError(f"{model.path.name}: its '{model.meta.network.nowcast_head}' head makes its "
-                               f"trained leads only; {n_leads} leads need an advection head")
+    if isinstance(model.net, AdvectionNowcast):
+        raw = _advected(model.net, normalised, tiling, n_leads)
+    elif n_leads is not None:
+        raise PredictError(f"{model.path.name}: its '{model.meta.network.nowcast_head}' head makes its "
+                           f"trained leads only; {n_leads} leads need an advection head")
+    else:
         raw = predict_domain(model.net, normalised, tiling)
     out = physical_outputs(model, raw)
     if nodata is not None:

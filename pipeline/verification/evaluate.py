@@ -29,6 +29,7 @@ The stage, in order:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import multiprocessing
@@ -133,12 +134,23 @@ def checkpoint_names(checkpoints: Sequence[str | Path]) -> dict[str, Path]:
     return named
 
 
-def check_networks_fit(cfg: EvaluationConfig, checkpoints: Mapping[str, Path] | Path | None) -> None:
-    """Refuse, before any frame is read, a checkpoint that needs more past frames than ``cfg`` gives."""
+@functools.lru_cache(maxsize=32)
+def _input_frames(path: Path, stamp: tuple[int, int]) -> int:
+    """Past frames the checkpoint at ``path`` reads; read once per file version (``stamp``: mtime, size)."""
     from meteovision.pipeline.checkpoints.loading import load_metadata
 
+    return load_metadata(path).num_input_frames
+
+
+def check_networks_fit(cfg: EvaluationConfig, checkpoints: Mapping[str, Path] | Path | None) -> None:
+    """Refuse, before any frame is read, a missing checkpoint or one needing more past frames than ``cfg``
+    gives. Each checkpoint's metadata is read once however many configs are checked."""
     for name, path in _as_checkpoints(checkpoints).items():
-        needed = load_metadata(resolve_checkpoint(path)).num_input_frames
+        resolved = resolve_checkpoint(path)
+        if not resolved.is_file():
+            raise EvaluationError(f"{resolved}: no such checkpoint file (nor a packaged checkpoint)")
+        stat = resolved.stat()
+        needed = _input_frames(resolved, (stat.st_mtime_ns, stat.st_size))
         if needed and needed > cfg.past_frames:
             raise EvaluationError(f"{cfg.name}: checkpoint {name} ({path}) needs {needed} past frames, the config "
                                   f"gives {cfg.past_frames} (past_frames)")
@@ -289,9 +301,6 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
     processes score analysis times in parallel (the same scores as one).
     """
     nets = {name: resolve_checkpoint(path) for name, path in _as_checkpoints(checkpoint).items()}
-    for path in nets.values():
-        if not path.is_file():
-            raise EvaluationError(f"{path}: no such checkpoint file (nor a packaged checkpoint)")
     check_networks_fit(cfg, nets)
     if workers < 1:
         raise EvaluationError(f"{cfg.name}: workers must be >= 1, got {workers}")

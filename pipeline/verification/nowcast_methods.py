@@ -354,12 +354,13 @@ class NetworkNowcast:
         self._warn_spacing(past)
         m = self.trained_leads
         model = self.model
-        if n_leads > m and not isinstance(model.net, AdvectionNowcast):
+        advects = isinstance(model.net, AdvectionNowcast)
+        if n_leads > m and not advects:
             head = model.meta.network.nowcast_head
             raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
                                f"extrapolate to {n_leads}; only an advection/lagrangian head can")
-        leads = n_leads if isinstance(model.net, AdvectionNowcast) else None
-        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion, n_leads=leads)
+        out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion,
+                          n_leads=n_leads if advects else None)
         return np.ascontiguousarray(out[:n_leads], dtype=np.float32)
 
     def _warn_spacing(self, past: NowcastInput) -> None:
