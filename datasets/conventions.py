@@ -61,6 +61,16 @@ def projection_coords(x: np.ndarray, y: np.ndarray) -> dict[str, xr.DataArray]:
     }
 
 
+def accumulation_to_rate(amount: np.ndarray, period_minutes: float) -> np.ndarray:
+    """Mean rain rate (mm h-1) from the amount (mm or kg m-2) fallen over ``period_minutes``; NaN stays NaN.
+
+    The one accumulation conversion: archive training and radar verification both use it.
+    """
+    if not period_minutes > 0:
+        raise ValueError(f"an accumulation period must be > 0 min, got {period_minutes}")
+    return (amount * (60.0 / period_minutes)).astype(np.float32)
+
+
 def dbz_to_rate(dbz: np.ndarray, a: float = 223.0, b: float = 1.53) -> np.ndarray:
     """Rain rate (mm h-1) from reflectivity (dBZ) by Z = a R^b, Z in mm6 m-3; NaN stays NaN.
 

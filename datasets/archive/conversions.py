@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from meteovision.datasets.archive.sources import INPUT_UNITS, ArchiveError, Conversion, SourceSettings
-from meteovision.datasets.conventions import dbz_to_rate
+from meteovision.datasets.conventions import accumulation_to_rate, dbz_to_rate
 from meteovision.datasets.readers import ReadOptions, open_dataset
 
 #: Units of the training quantity per conversion.
@@ -72,7 +72,7 @@ def convert(values: np.ndarray, src: SourceSettings, period_minutes: float | Non
         period = src.period_minutes or period_minutes
         if not period:
             raise ArchiveError(f"source {src.name!r}: an accumulation needs period_minutes (the file's period)")
-        return (values * (60.0 / period)).astype(np.float32)
+        return accumulation_to_rate(values, period)
     return dbz_to_rate(values, src.zr_a, src.zr_b)
 
 

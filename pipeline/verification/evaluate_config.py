@@ -11,6 +11,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meteovision.datasets.archive.sources import Conversion
 from meteovision.datasets.errors import MeteovisionError
 
 if TYPE_CHECKING:
@@ -38,7 +39,11 @@ class EvaluationConfig(BaseModel):
                             "(relative to the current directory; --data-root overrides)")
     inputs: str = Field(description="glob of the frames under data_root, e.g. radar/opera_20180824/*.hdf")
     variable: str = Field("RATE", description="variable of the files (RATE in mm h-1, or DBZH in dBZ)")
-    conversion: Literal["rate", "dbz_to_rate"] = "rate"
+    conversion: Literal[Conversion.RATE, Conversion.ACCUMULATION, Conversion.DBZ_TO_RATE] = Field(
+        Conversion.RATE, description="to rain rate: rate (kept), accumulation (amount over period_minutes), "
+        "dbz_to_rate (Z = a R^b)")
+    period_minutes: float | None = Field(None, gt=0, description="accumulation period of one file (default: "
+                                         "the series' time step)")
     zr_a: float = Field(223.0, gt=0, description="Z = a R^b for dbz_to_rate (pysteps' FMI default)")
     zr_b: float = Field(1.53, gt=0)
     crop_bounds_m: tuple[float, float, float, float] | None = Field(

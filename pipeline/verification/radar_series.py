@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyproj
 
-from meteovision.datasets.conventions import crs_of, dbz_to_rate
+from meteovision.datasets.archive.sources import INPUT_UNITS, Conversion
+from meteovision.datasets.conventions import accumulation_to_rate, crs_of, dbz_to_rate
 from meteovision.datasets.readers import ReadOptions, WindowSpec, open_series
 from meteovision.pipeline.verification.evaluate_config import EvaluationConfig, EvaluationError
 
@@ -68,6 +69,16 @@ def _crs_label(crs: pyproj.CRS) -> str:
     return str(operation.method_name) if operation is not None else crs.to_proj4()
 
 
+def _to_rate(values: np.ndarray, cfg: EvaluationConfig, step_minutes: float) -> np.ndarray:
+    """The variable in mm h-1; an accumulation is over ``period_minutes``, by default the series' step."""
+    kind = Conversion(cfg.conversion)
+    if kind == Conversion.DBZ_TO_RATE:
+        return dbz_to_rate(values, cfg.zr_a, cfg.zr_b)
+    if kind == Conversion.ACCUMULATION:
+        return accumulation_to_rate(values, cfg.period_minutes or step_minutes)
+    return values
+
+
 def load_series(cfg: EvaluationConfig) -> RadarSeries:
     """Read, crop, coarsen and convert the whole series once (see the module docstring)."""
     files = _input_files(cfg)
@@ -77,16 +88,18 @@ def load_series(cfg: EvaluationConfig) -> RadarSeries:
         names = sorted(str(v) for v in ds.data_vars if v != "crs")
         raise EvaluationError(f"{files[0]}: no variable {cfg.variable!r} (it has {names})")
     units = str(ds[cfg.variable].attrs.get("units", ""))
-    wanted = "mm h-1" if cfg.conversion == "rate" else "dBZ"
-    if units != wanted:
+    wanted = INPUT_UNITS[Conversion(cfg.conversion)]
+    if units not in wanted:
         raise EvaluationError(f"{files[0]}: {cfg.variable} is in {units!r}, but conversion "
-                              f"{cfg.conversion!r} needs {wanted!r}")
+                              f"{Conversion(cfg.conversion).value!r} needs one of {list(wanted)}")
     values = ds[cfg.variable].to_numpy().astype(np.float32)
     if values.ndim != 3:
         raise EvaluationError(f"{files[0]}: {cfg.variable} has dims {ds[cfg.variable].dims}, expected (time, y, x)")
     x, y = ds["x"].to_numpy(), ds["y"].to_numpy()
-    if cfg.conversion == "dbz_to_rate":
-        values = dbz_to_rate(values, cfg.zr_a, cfg.zr_b)
+    if "crs" in ds and crs_of(ds).is_geographic:
+        raise EvaluationError(f"{files[0]}: the grid is in degrees of latitude and longitude "
+                              f"({_crs_label(crs_of(ds))}); the methods' motion and the FSS scales need square "
+                              "cells in metres: reproject the series to a projected grid first")
     if x.size < 2 or y.size < 2:
         raise EvaluationError(f"{files[0]}: the cropped grid is {y.size} x {x.size} cells; too small")
     dx, dy = float(np.median(np.abs(np.diff(x)))), float(np.median(np.abs(np.diff(y))))
@@ -101,6 +114,7 @@ def load_series(cfg: EvaluationConfig) -> RadarSeries:
     if cfg.time_step_minutes is not None and not math.isclose(step_min, cfg.time_step_minutes):
         raise EvaluationError(f"{files[0]}: the frames are {step_min:g} min apart, the config says "
                               f"{cfg.time_step_minutes:g} min")
+    values = _to_rate(values, cfg, step_min)
     crs_name = _crs_label(crs_of(ds)) if "crs" in ds else "unknown CRS"
     logger.info("%s: %d frames of %d x %d cells at %.0f m, every %g min", cfg.name, values.shape[0],
                 values.shape[1], values.shape[2], dx, step_min)
