@@ -2,7 +2,9 @@
 
 Prints two ratios measured in one run:
   * cold loader time per batch from the store / from the raw ODIM files (target <= 0.2): a fresh
-    DataModule each time (nothing cached), its frames read, then every training batch drawn;
+    DataModule each time (nothing cached), set up for fit, then the training batches drawn. From raw files
+    setup decodes every frame; from the store it reads times and stored per-frame statistics, and the
+    batches decode only the chunks their patches touch;
   * warm loader time per batch / one CPU training step of the nowcast network (target <= 0.2);
 and the peak traced memory (tracemalloc) while building the store from the first half and from the
 whole series: bounded by a few frames, it does not grow with the archive's length.

@@ -274,6 +274,19 @@ class NormalizationStats:
             raise NormalizationError(f"{path}: {exc}") from exc
 
 
+def transformed_moments(values: np.ndarray, transform: str) -> tuple[int, float, float]:
+    """(count, mean, M2) of the finite values of ``values`` after ``transform``, in float64.
+
+    The one per-batch step of :class:`StatsAccumulator`; the training store keeps it per frame.
+    """
+    v = apply_transform(values.astype(np.float64, copy=False), transform).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return 0, 0.0, 0.0
+    mean = float(v.mean())
+    return int(v.size), mean, float(((v - mean) ** 2).sum())
+
+
 class StatsAccumulator:
     """Streaming per-channel mean/variance in float64 (Chan et al. pairwise update), NaN ignored."""
 
@@ -295,19 +308,18 @@ class StatsAccumulator:
         if arr.shape[0] != len(self.channel_names):
             raise NormalizationError(f"frame has {arr.shape[0]} channels, expected {list(self.channel_names)}")
         for c, name in enumerate(self.transforms):
-            v = apply_transform(arr[c].astype(np.float64, copy=False), name).ravel()
-            v = v[np.isfinite(v)]
-            nb = v.size
-            if nb == 0:
-                continue
-            mb = float(v.mean())
-            m2b = float(((v - mb) ** 2).sum())
-            na = int(self.count[c])
-            delta = mb - self.mean[c]
-            total = na + nb
-            self.mean[c] += delta * nb / total
-            self.m2[c] += m2b + delta * delta * na * nb / total
-            self.count[c] = total
+            self.merge(c, *transformed_moments(arr[c], name))
+
+    def merge(self, c: int, count: int, mean: float, m2: float) -> None:
+        """Merge the (count, mean, M2) of more values of channel ``c`` (Chan et al.'s pairwise update)."""
+        if count == 0:
+            return
+        na = int(self.count[c])
+        delta = mean - self.mean[c]
+        total = na + count
+        self.mean[c] += delta * count / total
+        self.m2[c] += m2 + delta * delta * na * count / total
+        self.count[c] = total
 
     def finish(self, channel_units: Sequence[str], fill_value: float = 0.0) -> NormalizationStats:
         empty = [self.channel_names[c] for c in range(len(self.count)) if self.count[c] == 0]

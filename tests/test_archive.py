@@ -13,8 +13,10 @@ import zarr
 from meteovision.datasets.archive.conversions import convert
 from meteovision.datasets.archive.datamodule import ArchiveDataModule
 from meteovision.datasets.archive.events import DrySampling, sequence_windows, split_labels
+from meteovision.datasets.archive.frames import StoredFrames
 from meteovision.datasets.archive.sources import ArchiveError, Conversion, SourceSettings, TimeWindow
-from meteovision.datasets.archive.store import COMMITTED, append_source, build_store, load_store
+from meteovision.datasets.archive.store import COMMITTED, FORMAT_ATTR, append_source, build_store, load_store
+from meteovision.datasets.archive.summaries import summarize
 from meteovision.datasets.readers.coarsen import reduce_blocks
 from tests.conftest import OdimField, OdimFile, OdimGrid, write_odim
 
@@ -84,12 +86,28 @@ def test_settings_errors_name_the_source_and_key() -> None:
         SourceSettings(name="x", glob="nothing/*.h5", variable="R").files(Path("/nonexistent"))
 
 
-def _dm(root: Path, store: Path | None = None) -> ArchiveDataModule:
+def _dm(root: Path, store: Path | None = None, *, transform: str = "log10_rain",
+        sampling: DrySampling | None = None) -> ArchiveDataModule:
     src = SourceSettings(name="blob", glob="radar/*.h5", variable="RATE", coarsen=2)
     return ArchiveDataModule([src], str(root), store=None if store is None else str(store), time_step_minutes=10,
                              num_input_frames=2, num_output_frames=1, patch_size=8, batch_size=4,
-                             val_fraction=0.25, test_fraction=0.25, guard_minutes=5,
-                             sampling=DrySampling(min_wet_fraction=0.05, dry_share=0.0))
+                             val_fraction=0.25, test_fraction=0.25, guard_minutes=5, transform=transform,
+                             sampling=sampling or DrySampling(min_wet_fraction=0.05, dry_share=0.0))
+
+
+def _assert_same_samples(raw: ArchiveDataModule, stored: ArchiveDataModule) -> None:
+    """Same split, windows, statistics and samples (every one, bit for bit) from raw files and the store."""
+    raw.setup("fit")
+    stored.setup("fit")
+    assert raw.summary == stored.summary
+    assert raw.stats == stored.stats and raw.stats.counts == stored.stats.counts
+    for split in ("train", "val", "test"):
+        a, b = raw.dataset(split), stored.dataset(split)
+        assert len(a) == len(b)
+        for i in range(len(a)):
+            sa, sb = a[(1, i)] if split == "train" else a[i], b[(1, i)] if split == "train" else b[i]
+            for key in ("inputs", "target", "mask", "time"):
+                assert torch.equal(sa[key], sb[key]), (split, i, key)
 
 
 def test_store_gives_the_same_samples_and_split_as_raw_files(tmp_path: Path) -> None:
@@ -98,18 +116,24 @@ def test_store_gives_the_same_samples_and_split_as_raw_files(tmp_path: Path) -> 
     src = raw.sources[0]
     assert build_store(tmp_path / "st", [src], tmp_path) == {"blob": 24}
     stored = _dm(tmp_path, tmp_path / "st")
-    raw.setup("fit")
-    stored.setup("fit")
-    assert raw.summary == stored.summary
+    _assert_same_samples(raw, stored)
     assert raw.summary["windows"]["train"] > 0 and raw.summary["windows"]["test"] > 0
-    assert raw.stats == stored.stats
-    for split in ("train", "val", "test"):
-        a, b = raw.dataset(split), stored.dataset(split)
-        assert len(a) == len(b)
-        for i in range(len(a)):
-            sa, sb = a[(1, i)] if split == "train" else a[i], b[(1, i)] if split == "train" else b[i]
-            for key in ("inputs", "target", "mask", "time"):
-                assert torch.equal(sa[key], sb[key]), (split, i, key)
+    # the store's path: setup takes the stored per-frame statistics and decodes no frame
+    fresh = _dm(tmp_path, tmp_path / "st")
+    fresh.setup("fit")
+    series = fresh.series[0]
+    assert isinstance(series.values, StoredFrames) and series.summaries is not None
+    assert series.values.frames_held == 0
+    # another transform, another stored threshold (every window dry: a seeded half kept), and a threshold
+    # that is not stored (the frames are read instead): still identical
+    _assert_same_samples(_dm(tmp_path, transform="log1p"), _dm(tmp_path, tmp_path / "st", transform="log1p"))
+    halves = [_dm(tmp_path, store, sampling=DrySampling(min_wet_fraction=0.5, dry_share=0.5, wet_threshold=1.0))
+              for store in (None, tmp_path / "st")]
+    _assert_same_samples(*halves)
+    assert halves[0].summary["sources"]["blob"]["train_dry_dropped"] > 0
+    assert 0.15 not in series.summaries.thresholds
+    unstored = DrySampling(min_wet_fraction=0.05, dry_share=0.0, wet_threshold=0.15)
+    _assert_same_samples(_dm(tmp_path, sampling=unstored), _dm(tmp_path, tmp_path / "st", sampling=unstored))
     sample = raw.dataset("test")[0]
     assert sample["inputs"].shape == (2, 8, 8) and sample["target"].shape == (1, 8, 8)
     assert sample["mask"].dtype == torch.bool
@@ -118,6 +142,74 @@ def test_store_gives_the_same_samples_and_split_as_raw_files(tmp_path: Path) -> 
     assert np.isnan(series.values[:, :, 0]).all() and np.isfinite(series.values[:, :, 1:]).all()
     tiles = [raw.dataset("test")[i] for i in range(len(raw.dataset("test")))]
     assert any(not t["mask"][:, :, 0].any() for t in tiles)
+
+
+def test_stored_frames_index_like_the_array_they_replace(tmp_path: Path) -> None:
+    import pickle
+
+    _series(tmp_path / "radar", 6)
+    src = SourceSettings(name="blob", glob="radar/*.h5", variable="RATE")
+    build_store(tmp_path / "st", [src], tmp_path, tile=8)  # 20 x 36 cells in 8 x 8 chunks: patches span several
+    from meteovision.datasets.archive.series import load_raw
+
+    ref = load_raw(src, tmp_path).values
+    lazy = load_store(tmp_path / "st", src, cache_mb=0).values  # a one-frame cache: buffers are dropped and reread
+    assert lazy.shape == ref.shape
+    for key in [np.s_[[4, 1], 3:17, 5:30], np.s_[2], np.s_[-1, :, 0], np.s_[:, 7, 2:9], np.s_[np.int64(3), -5:],
+                np.s_[1:4, 0:20, 30:], np.s_[[0, 5]]]:
+        np.testing.assert_array_equal(lazy[key], ref[key], err_msg=str(key))
+    np.testing.assert_array_equal(np.asarray(lazy), ref)
+    assert lazy.frames_held == 1
+    again = pickle.loads(pickle.dumps(lazy))  # as a DataLoader worker gets it: reopened, nothing decoded
+    assert again.frames_held == 0
+    np.testing.assert_array_equal(again[[3], 2:10, 4:12], ref[[3], 2:10, 4:12])
+    with pytest.raises(IndexError, match="step 1"):
+        lazy[0, ::2]
+
+
+def test_an_old_store_still_loads_identically_but_is_not_appended_to(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    _series(tmp_path / "radar", 24)
+    raw = _dm(tmp_path)
+    src = raw.sources[0]
+    build_store(tmp_path / "st", [src], tmp_path)
+    group = zarr.open_group(str(tmp_path / "st" / "blob"), mode="r+")
+    for name in ("valid_count", "wet_count", "stat_count", "stat_mean", "stat_m2", "wet_threshold"):
+        del group[name]  # what the format-1 code wrote: frames and times only
+    for name in (FORMAT_ATTR, "stat_transforms", "stat_probe"):
+        del group.attrs[name]
+    with caplog.at_level("WARNING"):
+        _assert_same_samples(raw, _dm(tmp_path, tmp_path / "st"))
+    assert "without per-frame statistics" in caplog.text and "store build" in caplog.text
+    with pytest.raises(ArchiveError, match=r"st/blob: written by an older meteovision.*store build"):
+        append_source(tmp_path / "st", src, src.files(tmp_path))
+
+
+def test_a_store_that_cannot_give_the_right_frames_is_refused(tmp_path: Path) -> None:
+    _series(tmp_path / "radar", 4)
+    src = SourceSettings(name="blob", glob="radar/*.h5", variable="RATE", coarsen=2)
+    build_store(tmp_path / "st", [src], tmp_path)
+    other = SourceSettings(name="blob", glob="radar/*.h5", variable="RATE", coarsen=1)
+    with pytest.raises(ArchiveError, match=r"st/blob was built with other settings.*coarsen: store 2, source 1"):
+        load_store(tmp_path / "st", other)
+    zarr.open_group(str(tmp_path / "st" / "blob"), mode="r+").attrs[FORMAT_ATTR] = 99
+    with pytest.raises(ArchiveError, match=r"st/blob: format 99 is newer"):
+        load_store(tmp_path / "st", src)
+
+
+def test_a_changed_transform_is_not_taken_from_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _series(tmp_path / "radar", 24)
+    raw = _dm(tmp_path)
+    build_store(tmp_path / "st", raw.sources, tmp_path)
+    group = zarr.open_group(str(tmp_path / "st" / "blob"), mode="r+")
+    probes = json.loads(str(group.attrs["stat_probe"]))
+    probes["log10_rain"][-1] += 1.0  # as if log10_rain were defined otherwise when the store was built
+    group.attrs["stat_probe"] = json.dumps(probes)
+    stored = _dm(tmp_path, tmp_path / "st")
+    with caplog.at_level("WARNING"):
+        _assert_same_samples(raw, stored)
+    assert "log10_rain" in caplog.text and stored.series[0].summaries is not None
+    assert "log10_rain" not in stored.series[0].summaries.transforms
 
 
 def test_append_is_idempotent_and_survives_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,7 +236,16 @@ def test_append_is_idempotent_and_survives_an_interruption(tmp_path: Path, monke
     from meteovision.datasets.archive.series import load_raw
 
     raw = load_raw(src, tmp_path)
-    np.testing.assert_array_equal(raw.values, series.values)
+    np.testing.assert_array_equal(raw.values, np.asarray(series.values))
+    # the appended frames' statistics are those of their values, as for the built ones
+    assert series.summaries is not None
+    for t in range(12):
+        expected = summarize(raw.values[t], series.summaries.thresholds)
+        assert series.summaries.valid[t] == expected.valid
+        np.testing.assert_array_equal(series.summaries.wet[t], expected.wet)
+        np.testing.assert_array_equal(series.summaries.count[t], expected.count)
+        np.testing.assert_array_equal(series.summaries.mean[t], expected.mean)
+        np.testing.assert_array_equal(series.summaries.m2[t], expected.m2)
 
 
 def test_store_command_builds_then_appends_only_new_files(tmp_path: Path) -> None:

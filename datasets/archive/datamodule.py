@@ -1,10 +1,12 @@
 """A nowcast DataModule over real radar archives: raw files as they are, or the Zarr store built from them.
 
 No manifest: the frames come from each source's glob (or the store), times from the files' contents,
-the split from :mod:`meteovision.datasets.archive.events`. Every source is brought to one grid
-spacing by its own ``coarsen`` (checked: the spacings must agree within 1 %), and sequences are drawn
-at one common ``time_step_minutes`` (a source's step must divide it; 5-min series give windows of
-every third frame at a 15-min step). A source that cannot (10-min BoM at 15 min) is refused by name.
+the split from :mod:`meteovision.datasets.archive.events`. From a store, setup reads only the times and
+the per-frame statistics (dry sampling, normalisation), and samples decode only the chunks they cut.
+Every source is brought to one grid spacing by its own ``coarsen`` (checked: the spacings must agree
+within 1 %), and sequences are drawn at one common ``time_step_minutes`` (a source's step must divide
+it; 5-min series give windows of every third frame at a 15-min step). A source that cannot (10-min BoM
+at 15 min) is refused by name.
 The batch structure is that of the synthetic :class:`SequenceDataModule` (inputs, target, mask, time),
 so ``NowcastTask`` trains on it unchanged.
 """
@@ -152,6 +154,9 @@ class ArchiveDataModule(LightningDataModule):
 
     def _wet_fraction(self, s: SourceSeries, frames: np.ndarray) -> np.ndarray:
         thr = self.sampling.wet_threshold
+        stored = None if s.summaries is None else s.summaries.wet_fraction(frames, thr)
+        if stored is not None:  # a store's per-frame counts: the same numbers without reading the frames
+            return stored
         wet = np.zeros(frames.shape[0])
         for j, row in enumerate(frames):
             v = s.values[row]
@@ -166,7 +171,10 @@ class ArchiveDataModule(LightningDataModule):
         if self._stats is None:
             acc = StatsAccumulator([self.quantity], [self.transform])
             for i, s in enumerate(self.series):
-                for f in np.flatnonzero(self.labels_of(i) == "train"):
+                train = np.flatnonzero(self.labels_of(i) == "train")
+                if s.summaries is not None and s.summaries.accumulate(acc, train):
+                    continue  # a store's per-frame statistics, merged as update() would merge the frames
+                for f in train:
                     acc.update(s.values[f][None])
             self._stats = acc.finish([self.series[0].units])
         return self._stats

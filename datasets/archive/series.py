@@ -1,7 +1,8 @@
-"""A source's frames in memory (T, H, W) with their times, from raw files or from a Zarr store.
+"""A source's frames (T, H, W) with their times: in memory from raw files, or read lazily from a Zarr store.
 
 Both paths give the same arrays (the store holds :func:`converted_frame` of each file), so a
-DataModule draws the same samples and the same split from either.
+DataModule draws the same samples and the same split from either. A store also gives each frame's
+precomputed statistics (``summaries``), which spare setup from reading whole frames.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from meteovision.datasets.archive.conversions import OUTPUT_UNITS, converted_frame, read_frame
+from meteovision.datasets.archive.frames import StoredFrames
 from meteovision.datasets.archive.sources import ArchiveError, SourceSettings
+from meteovision.datasets.archive.summaries import FrameSummaries
 
 LOG = logging.getLogger(__name__)
 
@@ -25,10 +28,11 @@ class SourceSeries:
 
     name: str
     times: np.ndarray  # datetime64[ns] (T,)
-    values: np.ndarray  # float32 (T, H, W)
+    values: np.ndarray | StoredFrames  # float32 (T, H, W)
     units: str
     spacing_m: float
     crs_wkt: str
+    summaries: FrameSummaries | None = None  # per-frame statistics (stores only)
 
     @property
     def step_minutes(self) -> float | None:
@@ -54,14 +58,20 @@ def spacing_of(x: np.ndarray, y: np.ndarray, where: str) -> float:
     return 0.5 * (dx + dy)
 
 
-def sorted_unique(times: np.ndarray, values: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frames sorted by time; a time given twice keeps its first frame (logged)."""
+def unique_order(times: np.ndarray, name: str) -> np.ndarray:
+    """Indices that sort ``times``; a time given twice keeps its first frame (logged)."""
     order = np.argsort(times, kind="stable")
-    times, values = times[order], values[order]
-    keep = np.concatenate([[True], np.diff(times) > np.timedelta64(0, "ns")]) if times.size else np.zeros(0, bool)
+    ordered = times[order]
+    keep = np.concatenate([[True], np.diff(ordered) > np.timedelta64(0, "ns")]) if times.size else np.zeros(0, bool)
     if not keep.all():
         LOG.warning("source %s: %d duplicate time(s) dropped", name, int((~keep).sum()))
-    return times[keep], values[keep]
+    return np.asarray(order[keep], dtype=np.int64)
+
+
+def sorted_unique(times: np.ndarray, values: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frames sorted by time; a time given twice keeps its first frame (logged)."""
+    order = unique_order(times, name)
+    return times[order], values[order]
 
 
 def load_raw(src: SourceSettings, root: Path) -> SourceSeries:
