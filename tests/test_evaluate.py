@@ -20,9 +20,10 @@ from meteovision.datasets.conventions import dbz_to_rate
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.datasets.readers.coarsen import reduce_blocks
 from meteovision.pipeline.cli import main
+from meteovision.pipeline.verification import evaluate as evaluate_module
 from meteovision.pipeline.verification.evaluate import run_evaluation
 from meteovision.pipeline.verification.evaluate_config import EvaluationError, load_config
-from meteovision.pipeline.verification.radar_series import analysis_indices
+from meteovision.pipeline.verification.radar_series import analysis_indices, load_series
 from tests.conftest import NcFile, write_netcdf
 from tests.predict_helpers import nowcast_checkpoint
 
@@ -223,6 +224,24 @@ def test_opera_lk_beats_persistence_at_30_min(shared_data: Path, tmp_path: Path)
     assert result.value("lk", k30, "mae") < result.value("persistence", k30, "mae")
 
 
+@pytest.mark.realdata
+def test_bom_accumulations_are_read_as_rates_and_lk_beats_persistence(shared_data: Path, tmp_path: Path) -> None:
+    import netCDF4
+
+    cfg = load_config("evaluate_bom", data_root=shared_data, output_dir=tmp_path, max_lead_minutes=30,
+                      methods=("persistence", "lk"), maps="none",
+                      inputs="radar/bom_prcp_c10_20201031/66_20201031_0[89]*.nc")
+    series = load_series(cfg)
+    assert series.time_step_minutes == 10.0 and series.rates.shape == (12, 256, 256)
+    with netCDF4.Dataset(series.files[3]) as nc:  # 08:30 UTC, kg m-2 over the file's 10 min
+        amount = np.ma.filled(nc["precipitation"][:].astype(np.float64), np.nan).reshape(512, 512)
+    expected = amount.reshape(256, 2, 256, 2).mean(axis=(1, 3)) * 6.0  # 1 km block means, mm per 10 min -> mm h-1
+    np.testing.assert_allclose(series.rates[3], expected, rtol=1e-5, atol=1e-5)
+    result = run_evaluation(cfg)
+    assert len(result.analysis_times) == 6  # 08:30-09:20: 4 past and 3 future frames inside 08:00-09:50
+    assert result.value("lk", 2, "csi@1") > result.value("persistence", 2, "csi@1") + 0.1
+
+
 def test_evaluation_maps_show_geography_and_name_run_valid_time_and_lead(
     tmp_path: Path, frames_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +285,13 @@ def test_two_workers_give_the_scores_of_one(tmp_path: Path, frames_dir: Path, ch
     assert [m.analysis_time for m in one.maps] == [m.analysis_time for m in two.maps]
     assert len(one.maps) == 4  # two analysis times x two map leads, in time order
     assert one.accumulators["lk"].n_times.tolist() == [2, 2]
+    pool = evaluate_module._pool[0][1]
+    again = run_evaluation(cfg, {"net": checkpoint}, workers=2)  # a further config reuses the started pool
+    assert evaluate_module._pool[0][1] is pool
+    for name in one.methods:
+        for state in _SUMS:
+            np.testing.assert_array_equal(getattr(one.accumulators[name], state),
+                                          getattr(again.accumulators[name], state), err_msg=f"{name} {state}")
 
 
 def test_several_checkpoints_and_configs_give_per_window_and_pooled_tables(
@@ -333,3 +359,40 @@ def test_evaluate_benchmark_skips_without_data_and_reports_figures(tmp_path: Pat
     assert figures["harness_s"] == pytest.approx(figures["wall_1_worker_s"] - sum(figures["method_seconds"].values())
                                                  - figures["motion_s"])
     assert "of the methods' time" in bench.report(figures)
+
+
+def _amount_frames(folder: Path, epsg: int = 3035) -> Path:
+    """The static series as 5-min accumulations (kg m-2), the layout of BoM's Rainfields files."""
+    folder.mkdir()
+    field = _static_field() * (STEP_MIN / 60.0)
+    x = 4_000_000.0 + 1000.0 * np.arange(SHAPE[1]) + 500.0
+    y = 3_000_000.0 - 1000.0 * np.arange(SHAPE[0]) - 500.0
+    for i in range(N_FRAMES):
+        stamp = f"2024-01-02T12:{i * STEP_MIN:02d}:00"
+        write_netcdf(folder / f"amount_{i:02d}.nc", NcFile(values=field[None], name="precipitation", units="kg m-2",
+                                                           standard_name=None, times=(stamp,), x=x, y=y,
+                                                           packed=False, epsg=epsg))
+    return folder
+
+
+def test_accumulations_become_rates_over_their_period(tmp_path: Path, frames_dir: Path) -> None:
+    amounts = _amount_frames(tmp_path / "amounts")
+    rates = load_series(load_config(_config(tmp_path, frames_dir)))
+    common = {"data_root": str(amounts), "inputs": "amount_*.nc", "variable": "precipitation"}
+    from_amounts = load_series(load_config(_config(tmp_path, amounts, conversion="accumulation", **common)))
+    np.testing.assert_allclose(from_amounts.rates, rates.rates, rtol=1e-6)  # period = the 5-min step
+    doubled = load_series(load_config(_config(tmp_path, amounts, conversion="accumulation", period_minutes=2.5,
+                                              **common)))
+    np.testing.assert_allclose(doubled.rates, 2.0 * rates.rates, rtol=1e-6)
+    with pytest.raises(EvaluationError, match=r"amount_00\.nc: precipitation is in 'kg m-2', but conversion "
+                                              r"'rate' needs one of \['mm h-1'\]"):
+        load_series(load_config(_config(tmp_path, amounts, **common)))
+    with pytest.raises(EvaluationError, match="conversion"):
+        load_config(_config(tmp_path, amounts, conversion="dbz", **common))
+
+
+def test_a_latitude_longitude_grid_is_refused(tmp_path: Path) -> None:
+    folder = _amount_frames(tmp_path / "geographic", epsg=4326)
+    path = _config(tmp_path, folder, inputs="amount_*.nc", variable="precipitation", conversion="accumulation")
+    with pytest.raises(EvaluationError, match=r"amount_00\.nc: the grid is in degrees of latitude and longitude"):
+        load_series(load_config(path))

@@ -18,8 +18,10 @@ The stage, in order:
    pixel (along the Lucas-Kanade motion of the past frames) lies inside the domain and the
    radar coverage, and every method has a finite value there. The LK motion is computed once per
    analysis time and shared by LK, S-PROG and the mask; ``workers`` > 1 scores analysis times in
-   parallel processes (``concurrent.futures``, forked from a fork server) and adds their sums in
-   analysis-time order, so the scores are those of one worker.
+   parallel processes (``concurrent.futures``, forked from a fork server that imported torch and
+   pysteps once; the pool is started once per process and kept for a further config) and adds their
+   sums in analysis-time order, so the scores are those of one worker. Each task carries only its
+   analysis time's frames.
 5. :func:`write_outputs` writes ``scores.json``, ``scores.csv`` (method, lead_minutes, metric,
    value, n_samples) and ``scores.md``, the skill-against-lead plots and the maps
    (``meteovision.pipeline.verification.plots``); :func:`markdown_table` is what the CLI prints.
@@ -30,13 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,12 +202,14 @@ def _map_indices(cfg: EvaluationConfig, n_times: int) -> set[int]:
 
 
 @dataclass(frozen=True)
-class _Work:
-    """What scoring one analysis time needs; handed once to each worker process."""
+class _Spec:
+    """What every analysis time of one evaluation shares: settings, methods, windows; small, sent with each task.
 
+    ``token`` names the evaluation, so that a worker builds its methods once per evaluation.
+    """
+
+    token: tuple[int, int]
     cfg: EvaluationConfig
-    rates: np.ndarray
-    times: np.ndarray
     step: float
     pixel_size_m: float
     n_leads: int
@@ -209,6 +217,16 @@ class _Work:
     checkpoints: dict[str, Path]
     windows: tuple[FssWindow, ...]
     map_leads: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One analysis time: its past frames and the observed frames of every lead (only these travel)."""
+
+    spec: _Spec
+    frames: np.ndarray
+    analysis_time: np.datetime64
+    with_maps: bool
 
 
 @dataclass
@@ -221,32 +239,48 @@ class _TimeScores:
     motion_seconds: float
 
 
-#: This worker process's work and methods (one entry once initialised).
-_worker: list[tuple[_Work, dict[str, NowcastMethod]]] = []
+#: Evaluations started by this process (with its pid, the token of an evaluation).
+_evaluations = itertools.count()
+#: This worker process's methods, built for the evaluation of the token (one entry once a task ran).
+_worker_methods: dict[tuple[int, int], dict[str, NowcastMethod]] = {}
+#: The worker pool of this process, started once and reused by later evaluations: (workers, pool).
+_pool: list[tuple[int, ProcessPoolExecutor]] = []
+#: What the fork server imports once, so that no worker pays for it: the evaluation, the methods and the
+#: pysteps modules they call (absent ones are skipped by the server).
+_PRELOAD = [__name__, "meteovision.pipeline.verification.nowcast_methods", "pysteps.motion.lucaskanade",
+            "pysteps.extrapolation.semilagrangian", "pysteps.nowcasts.sprog", "cv2"]
 
 
-def _init_worker(work: _Work) -> None:
-    """Build the methods once per process; one torch thread each (the processes are the parallelism)."""
+def _init_worker() -> None:
+    """One thread per worker for torch and OpenCV: the processes are the parallelism (2 cores, not 2 x 2)."""
     import torch
 
     torch.set_num_threads(1)
-    _worker[:] = [(work, build_methods(work.cfg, work.names, work.checkpoints))]
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(1)
 
 
-def _score_in_worker(i: int, with_maps: bool) -> _TimeScores:
-    if not _worker:
-        raise EvaluationError("evaluation worker used before it was initialised")
-    return _score_time(*_worker[0], i, with_maps)
+def _score_in_worker(task: _Task) -> _TimeScores:
+    spec = task.spec
+    methods = _worker_methods.get(spec.token)
+    if methods is None:
+        _worker_methods.clear()
+        methods = _worker_methods[spec.token] = build_methods(spec.cfg, spec.names, spec.checkpoints)
+    return _score_time(task, methods)
 
 
-def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_maps: bool) -> _TimeScores:
-    """Run every method from analysis time index ``i`` and score it on the shared mask."""
+def _score_time(task: _Task, methods: Mapping[str, NowcastMethod]) -> _TimeScores:
+    """Run every method from one analysis time and score it on the shared mask."""
     from meteovision.pipeline.verification.nowcast_methods import NowcastInput, lucas_kanade_motion, source_inside_mask
 
-    cfg, n_leads = work.cfg, work.n_leads
-    past = NowcastInput(frames=work.rates[i - cfg.past_frames + 1 : i + 1], time_step_minutes=work.step,
-                        pixel_size_m=work.pixel_size_m)
-    observation = work.rates[i + 1 : i + 1 + n_leads]
+    spec = task.spec
+    cfg, n_leads = spec.cfg, spec.n_leads
+    past = NowcastInput(frames=task.frames[: cfg.past_frames], time_step_minutes=spec.step,
+                        pixel_size_m=spec.pixel_size_m)
+    observation = task.frames[cfg.past_frames :]
     start = time.perf_counter()
     past = dataclasses.replace(past, motion=lucas_kanade_motion(past))  # once for LK, S-PROG and the mask
     motion_seconds = time.perf_counter() - start
@@ -264,32 +298,56 @@ def _score_time(work: _Work, methods: Mapping[str, NowcastMethod], i: int, with_
                                   f"expected {observation.shape}")
         forecasts[name] = fc
         mask &= np.isfinite(fc)
-    accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, work.windows) for n in methods}
+    accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, spec.windows) for n in methods}
     score_methods(accumulators, forecasts, observation, mask)
-    logger.info("%s: %s scored, %s pixels per lead", cfg.name, iso_time(work.times[i]),
+    logger.info("%s: %s scored, %s pixels per lead", cfg.name, iso_time(task.analysis_time),
                 ", ".join(str(int(m.sum())) for m in mask))
-    maps = [MapCase(work.times[i], lead_minutes_of(k, work.step), observation[k].copy(),
+    maps = [MapCase(task.analysis_time, lead_minutes_of(k, spec.step), observation[k].copy(),
                     {n: fc[k].copy() for n, fc in forecasts.items()}, mask[k].copy())
-            for k in work.map_leads] if with_maps else []
+            for k in spec.map_leads] if task.with_maps else []
     return _TimeScores(accumulators, seconds, maps, motion_seconds)
 
 
-def _score_all(work: _Work, indices: Sequence[int], map_at: set[int], workers: int) -> list[_TimeScores]:
-    """Score every analysis time, in parallel processes when ``workers`` > 1; results in index order."""
-    flags = [j in map_at for j in range(len(indices))]
-    if workers <= 1 or len(indices) <= 1:
-        methods = build_methods(work.cfg, work.names, work.checkpoints)
-        return [_score_time(work, methods, i, m) for i, m in zip(indices, flags, strict=True)]
-    # not a plain fork: a fork after OpenCV's or torch's thread pools have started can deadlock the children.
-    # A fork server imports this module (torch, pysteps on first use) once and forks the workers from that
-    # thread-free process; spawn where there is no fork server.
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` processes, created on first use and kept for later evaluations.
+
+    Not a plain fork: a fork after OpenCV's or torch's thread pools have started can deadlock the
+    children. A fork server imports :data:`_PRELOAD` once and forks the workers from that thread-free
+    process (spawn where there is no fork server). The server starts here, in the background, so it
+    imports while the caller reads the frames; the workers start on the first task.
+    """
+    if _pool and _pool[0][0] == workers:
+        return _pool[0][1]
+    _close_pool()
     starts = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in starts else "spawn")
     if "forkserver" in starts:
-        context.set_forkserver_preload([__name__, "meteovision.pipeline.verification.nowcast_methods"])
-    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_init_worker, initargs=(work,),
-                             mp_context=context) as pool:
-        return list(pool.map(_score_in_worker, indices, flags))
+        context.set_forkserver_preload(_PRELOAD)
+        forkserver.ensure_running()
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=context)
+    _pool[:] = [(workers, pool)]
+    return pool
+
+
+def _close_pool() -> None:
+    """Stop this process's worker pool, if any (a broken pool is replaced by the next evaluation)."""
+    if _pool:
+        _pool.pop()[1].shutdown(cancel_futures=True)
+
+
+def _score_all(tasks: Sequence[_Task], workers: int) -> list[_TimeScores]:
+    """Score every analysis time, in parallel processes when ``workers`` > 1; results in task order."""
+    if workers <= 1 or len(tasks) <= 1:
+        if not tasks:
+            return []
+        spec = tasks[0].spec
+        methods = build_methods(spec.cfg, spec.names, spec.checkpoints)
+        return [_score_time(task, methods) for task in tasks]
+    try:
+        return list(_worker_pool(workers).map(_score_in_worker, tasks))
+    except BrokenProcessPool:
+        _close_pool()
+        raise
 
 
 def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] | None = None, *,
@@ -305,6 +363,8 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
     if workers < 1:
         raise EvaluationError(f"{cfg.name}: workers must be >= 1, got {workers}")
     names = method_names(cfg, nets)
+    if workers > 1:
+        _worker_pool(workers)  # the fork server imports while the frames are read
     series = series if series is not None else load_series(cfg)
     step = series.time_step_minutes
     n_leads = n_leads_of(cfg, step)
@@ -320,14 +380,16 @@ def run_evaluation(cfg: EvaluationConfig, checkpoint: Path | Mapping[str, Path] 
     windows = fss_windows(cfg.fss_scales_km, series.pixel_size_m)
     map_leads = tuple(k for k in range(n_leads) if any(math.isclose(lead_minutes_of(k, step), m)
                                                        for m in cfg.map_leads_minutes))
-    lo, hi = indices[0] - cfg.past_frames + 1, indices[-1] + n_leads + 1  # only the frames used travel to workers
-    work = _Work(cfg, series.rates[lo:hi], series.times[lo:hi], step, series.pixel_size_m, n_leads, tuple(names),
-                 nets, tuple(windows), map_leads)
+    spec = _Spec((os.getpid(), next(_evaluations)), cfg, step, series.pixel_size_m, n_leads, tuple(names), nets,
+                 tuple(windows), map_leads)
+    map_at = _map_indices(cfg, len(indices))
+    tasks = [_Task(spec, series.rates[i - cfg.past_frames + 1 : i + 1 + n_leads], series.times[i], j in map_at)
+             for j, i in enumerate(indices)]  # only the frames of each analysis time travel to a worker
     accumulators = {n: LeadTimeScores(n_leads, cfg.thresholds, cfg.fss_threshold, windows) for n in names}
     seconds = dict.fromkeys(names, 0.0)
     maps: list[MapCase] = []
     motion_seconds = 0.0
-    for part in _score_all(work, [i - lo for i in indices], _map_indices(cfg, len(indices)), workers):
+    for part in _score_all(tasks, workers):
         for name in names:
             accumulators[name].merge(part.accumulators[name])
             seconds[name] += part.seconds[name]
