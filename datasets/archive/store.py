@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,27 @@ FORMAT = 2
 TIME_CHUNK = 4096
 #: Decoded frames a reader keeps (MB); the least recently used beyond it are dropped.
 CACHE_MB = 1024
+
+
+@dataclass(frozen=True)
+class _SummaryVar:
+    """One per-frame statistics array: name, its dimension after time (None: one value a frame), dtype, note."""
+
+    name: str
+    per: str | None
+    dtype: type
+    note: str
+
+
 #: Per-frame statistics arrays, in the order :func:`summary_arrays` returns them.
-SUMMARY_VARS = ("valid_count", "wet_count", "stat_count", "stat_mean", "stat_m2")
+SUMMARY_SPECS = (
+    _SummaryVar("valid_count", None, np.int64, "cells with a value (not NaN)"),
+    _SummaryVar("wet_count", "wet_threshold", np.int64, "cells with a value above wet_threshold"),
+    _SummaryVar("stat_count", "transform", np.int64, "finite transformed values"),
+    _SummaryVar("stat_mean", "transform", np.float64, "mean of the finite transformed values"),
+    _SummaryVar("stat_m2", "transform", np.float64, "sum of squared deviations from stat_mean (M2)"),
+)
+SUMMARY_VARS = tuple(v.name for v in SUMMARY_SPECS)
 #: Settings that change a stored frame: a store is only read for a source that agrees on them.
 FRAME_SETTINGS = ("variable", "conversion", "zr_a", "zr_b", "period_minutes", "crop_bounds_m", "coarsen")
 EPOCH = np.datetime64("1970-01-01T00:00:00", "ns")
@@ -72,16 +91,11 @@ def _seconds(times: np.ndarray) -> np.ndarray:
     return ((np.asarray(times).astype("datetime64[ns]") - EPOCH) // np.timedelta64(1, "s")).astype(np.int64)
 
 
-def _summary_shapes(n_thresholds: int) -> list[tuple[tuple[int, ...], type]]:
-    k = len(TRANSFORMS)
-    return [((), np.int64), ((n_thresholds,), np.int64), ((k,), np.int64), ((k,), np.float64), ((k,), np.float64)]
-
-
 def _lazy_frames(files: list[Path], src: SourceSettings,
                  shape: tuple[int, int]) -> tuple[da.Array, da.Array, list[da.Array]]:
     """One dask task per file: times (T,) int64 s, frames (T, H, W) float32, and the per-frame statistics."""
     thresholds = thresholds_for(src.kind)
-    shapes = _summary_shapes(len(thresholds))
+    extent = {None: (), "wet_threshold": (len(thresholds),), "transform": (len(TRANSFORMS),)}
     parts_t, parts_v = [], []
     parts_s: list[list[da.Array]] = [[] for _ in SUMMARY_VARS]
     for path in files:
@@ -89,20 +103,20 @@ def _lazy_frames(files: list[Path], src: SourceSettings,
         parts_t.append(da.from_delayed(dask.delayed(_seconds)(pair[0]), (), dtype=np.int64))
         parts_v.append(da.from_delayed(pair[1], shape, dtype=np.float32))
         summary = dask.delayed(summary_arrays, nout=len(SUMMARY_VARS))(pair[1], thresholds)
-        for j, (shp, dtype) in enumerate(shapes):
-            parts_s[j].append(da.from_delayed(summary[j], shp, dtype=dtype))
+        for j, spec in enumerate(SUMMARY_SPECS):
+            parts_s[j].append(da.from_delayed(summary[j], extent[spec.per], dtype=spec.dtype))
     return da.stack(parts_t), da.stack(parts_v), [da.stack(p) for p in parts_s]
 
 
 def _summary_variables(src: SourceSettings, arrays: list[da.Array]) -> dict[str, tuple[Any, ...]]:
     """The statistics variables of a group, with their CF-style attributes."""
     units = OUTPUT_UNITS[src.kind]
-    dims = [("time",), ("time", "wet_threshold"), ("time", "transform"), ("time", "transform"), ("time", "transform")]
-    notes = ["cells with a value (not NaN)", f"cells with a value above wet_threshold ({units})",
-             "finite transformed values", "mean of the finite transformed values",
-             "sum of squared deviations from stat_mean (M2)"]
-    return {name: (dim, arr.rechunk(TIME_CHUNK if len(dim) == 1 else (TIME_CHUNK, -1)), {"long_name": note})
-            for name, dim, arr, note in zip(SUMMARY_VARS, dims, arrays, notes, strict=True)}
+    out: dict[str, tuple[Any, ...]] = {}
+    for spec, arr in zip(SUMMARY_SPECS, arrays, strict=True):
+        dims = ("time",) if spec.per is None else ("time", spec.per)
+        note = f"{spec.note} ({units})" if spec.per == "wet_threshold" else spec.note
+        out[spec.name] = (dims, arr.rechunk((TIME_CHUNK, *(-1 for _ in dims[1:]))), {"long_name": note})
+    return out
 
 
 def _record(files: list[Path]) -> list[dict[str, str]]:
@@ -139,8 +153,7 @@ def build_source(out: Path, src: SourceSettings, files: list[Path], *, tile: int
                "stat_probe": json.dumps({name: probe(name) for name in TRANSFORMS}), COMMITTED: 0},
     )
     encoding: dict[str, dict[str, Any]] = {"frames": {"chunks": (1, ty, tx)}, "valid_time": {"chunks": (TIME_CHUNK,)}}
-    encoding.update({name: {"chunks": (TIME_CHUNK,) if name == "valid_count" else (TIME_CHUNK, ds[name].shape[1])}
-                     for name in SUMMARY_VARS})
+    encoding.update({name: {"chunks": (TIME_CHUNK, *ds[name].shape[1:])} for name in SUMMARY_VARS})
     ds.to_zarr(out, group=src.name, mode="w", encoding=encoding, consolidated=False)
     _commit(out, src.name, len(files))
     LOG.info("store %s: source %s, %d frames of %d x %d", out, src.name, len(files), *shape)

@@ -86,8 +86,7 @@ class FrameSummaries:
         if not matches:
             return None
         wet = self.wet[:, matches[0]][frames].sum(axis=1)
-        valid = self.valid[frames].sum(axis=1)
-        return np.asarray([float(w) / max(int(v), 1) for w, v in zip(wet, valid, strict=True)])
+        return wet / np.maximum(self.valid[frames].sum(axis=1), 1)
 
     def accumulate(self, acc: StatsAccumulator, frames: np.ndarray) -> bool:
         """Merge ``frames`` into the one-channel ``acc`` as its ``update`` would; False if not stored."""
