@@ -32,7 +32,7 @@ APPS: tuple[str, ...] = APPLICATION_NAMES
 
 #: Short training for the demo: (max_epochs, limit_train_batches) per application on 2 CPU cores.
 DEMO_BUDGET: dict[str, tuple[int, int]] = {
-    "bow_echo": (16, 24),
+    "bow_echo": (30, 24),
     "nowcast_precip": (8, 24),
     "nowcast_reflectivity": (6, 24),
     "nowcast_cloudiness": (3, 10),

@@ -34,7 +34,7 @@ def _fit_and_test(
 
 
 def test_bow_echo_unet_beats_threshold_and_shape_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scores = _fit_and_test("bow_echo", tmp_path, monkeypatch, "--trainer.max_epochs", "16")
+    scores = _fit_and_test("bow_echo", tmp_path, monkeypatch, "--trainer.max_epochs", "30")
     model, rule = scores["model"]["cont/csi@0.5"], scores["baseline"]["cont/csi@0.5"]
     assert model > rule, f"U-Net CSI {model:.3f} does not beat the threshold-and-shape rule's {rule:.3f}"
 
