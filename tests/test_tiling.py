@@ -112,8 +112,21 @@ def test_tile_grid_hand_computed() -> None:
     assert tile_shape(37, 53, s) == (96, 96)
     assert tile_grid(1, 1, s) == [(-31, -31)]
     assert tile_shape(1, 1, s) == (64, 64)
-    # a domain exactly one stride beyond a tile, no overlap: a regular grid
-    assert tile_grid(256, 128, TilingSettings(tile_size=128, overlap=0)) == [(0, 0), (128, 0)]
+    # a domain exactly one stride beyond a tile, no overlap, one tile per batch: a regular grid
+    assert tile_grid(256, 128, TilingSettings(tile_size=128, overlap=0, batch_size=1)) == [(0, 0), (128, 0)]
+
+
+def test_domain_within_one_batch_runs_as_one_tile() -> None:
+    """One tile over the domain (extended, rounded to 32) when it holds <= batch_size * tile_size**2 pixels."""
+    # 640 x 710 with 512-pixel tiles and overlap 64: one 768 x 864 tile (663 552 px <= 4 * 512**2), not four
+    s = TilingSettings(tile_size=512, overlap=64, batch_size=4)
+    assert tile_grid(640, 710, s) == [(-64, -77)]
+    assert tile_shape(640, 710, s) == (768, 864)
+    # at batch 2 that tile (663 552 px) is more than 2 * 512**2: four overlapping 512-pixel tiles as before
+    assert len(tile_grid(640, 710, TilingSettings(tile_size=512, overlap=64, batch_size=2))) == 4
+    # the rule is on area: 256 x 128 at batch 2 is one 256 x 128 tile (32 768 = 2 * 128**2)
+    assert tile_grid(256, 128, TilingSettings(tile_size=128, overlap=0, batch_size=2)) == [(0, 0)]
+    assert tile_shape(256, 128, TilingSettings(tile_size=128, overlap=0, batch_size=2)) == (256, 128)
 
 
 def test_settings_validation_and_for_model() -> None:
