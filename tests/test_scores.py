@@ -63,13 +63,14 @@ def test_kernel_mask_and_zero_over_zero() -> None:
 
 def test_box_sums_match_a_direct_loop() -> None:
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 3, (7, 9))
-    for n, got in zip([1, 2, 3, 4, 5], scores.box_sums(x, [1, 2, 3, 4, 5]), strict=True):
+    x = rng.integers(0, 3, (2, 7, 9))  # two fields; windows up to wider than the grid
+    sizes = [1, 2, 3, 4, 5, 8, 11, 21]
+    for n, got in zip(sizes, scores.box_sums(x, sizes), strict=True):
         want = np.zeros_like(x)
         for i in range(7):
             for j in range(9):
                 r0, c0 = max(0, i - n // 2), max(0, j - n // 2)
-                want[i, j] = x[r0 : max(0, i - n // 2 + n), c0 : max(0, j - n // 2 + n)].sum()
+                want[:, i, j] = x[:, r0 : max(0, i - n // 2 + n), c0 : max(0, j - n // 2 + n)].sum(axis=(1, 2))
         np.testing.assert_array_equal(got.numpy(), want, err_msg=f"n={n}")
 
 

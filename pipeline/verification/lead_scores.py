@@ -35,16 +35,6 @@ import numpy as np
 
 from meteovision.datasets.errors import MeteovisionError
 from meteovision.pipeline.verification import scores
-from meteovision.pipeline.verification.window_sums import (
-    Observed,
-    SumBuffers,
-    as_float,
-    at_least,
-    fss_events,
-    fss_sums,
-    observe,
-    true_counts,
-)
 
 __all__ = [
     "FssWindow",
@@ -263,27 +253,20 @@ class LeadTimeScores:
             raise VerificationError(f"LeadTimeScores: the {what} is NaN or infinite at {int(bad.sum())} scored "
                                     "pixel(s); leave them out of the mask")
 
-    def _add(self, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray, observed: Observed,
-             buffers: SumBuffers) -> None:
-        fc = as_float(forecast)
-        errors = scores.error_sums(fc, observation, mask)
-        hits, forecast_events = [], []
-        for t in self.thresholds:
-            fe = at_least(fc, t)
-            fe &= mask
-            forecast_events.append(true_counts(fe))
-            fe &= observed.events[t]
-            hits.append(true_counts(fe))
-        diff_sq, fct_sq = fss_sums(fss_events(fc, observed.fss_threshold, mask), observed, buffers)
+    def _add(self, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray,
+             observed: scores.ObservedFractions) -> None:
+        table = scores.contingency_sums(forecast, observation, mask, self.thresholds)
+        errors = scores.error_sums(forecast, observation, mask)
+        fss = scores.fss_sums(forecast, observed)
         self.n_times += 1
-        self.n_pixels += observed.n
-        self.hits += np.stack(hits, axis=1)
-        self.forecast_events += np.stack(forecast_events, axis=1)
-        self.observed_events += np.stack([observed.event_counts[t] for t in self.thresholds], axis=1)
+        self.n_pixels += table.n.numpy()
+        self.hits += table.hits.numpy()
+        self.forecast_events += table.forecast_events.numpy()
+        self.observed_events += table.observed_events.numpy()
         self.sum_abs_error += errors.sum_abs_error.numpy()
         self.sum_error += errors.sum_error.numpy()
-        self.fss_num += diff_sq
-        self.fss_den += fct_sq + observed.obs_sq
+        self.fss_num += fss.diff_sq.numpy()
+        self.fss_den += (fss.fct_sq + fss.obs_sq).numpy()
 
     def merge(self, other: LeadTimeScores) -> None:
         """Add the sums of an accumulator with the same leads, thresholds and windows."""
@@ -366,8 +349,8 @@ def score_methods(accumulators: Mapping[str, LeadTimeScores], forecasts: Mapping
                   observation: np.ndarray, mask: np.ndarray) -> None:
     """Add one analysis time of every method, all on one observation and mask (n_leads, H, W).
 
-    The observation's events, window counts and FSS fractions are computed once and shared by
-    every method; the counts and sums are those of the kernel (:mod:`scores`), bit for bit.
+    The observation's window counts and FSS fractions are computed once (the kernel's
+    :class:`~meteovision.pipeline.verification.scores.ObservedFractions`) and shared by every method.
     """
     first = next(iter(accumulators.values()))
     shape = (first.n_leads, *observation.shape[-2:])
@@ -381,9 +364,6 @@ def score_methods(accumulators: Mapping[str, LeadTimeScores], forecasts: Mapping
             raise VerificationError(f"LeadTimeScores: {name} has other leads or FSS windows than the others")
         acc._check("forecast", forecasts[name], shape, mask)
     mask = np.ascontiguousarray(mask)
-    buffers = SumBuffers.for_shape(shape)
-    thresholds = list(dict.fromkeys(t for acc in accumulators.values() for t in acc.thresholds))
-    observed = observe(as_float(observation), mask, thresholds, first.fss_threshold,
-                        [w.pixels for w in first.windows], buffers)
+    observed = scores.observed_fractions(observation, mask, first.fss_threshold, [w.pixels for w in first.windows])
     for name, acc in accumulators.items():
-        acc._add(forecasts[name], observation, mask, observed, buffers)
+        acc._add(forecasts[name], observation, mask, observed)

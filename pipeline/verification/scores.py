@@ -25,9 +25,11 @@ The edge rules, written here once:
 * **0/0**: a ratio whose denominator is zero (no event observed or forecast, no pixel
   scored) is NaN, never 0.
 
-Box sums are separable cumulative sums in integers (exact), computed once per field
-and shared by every window; the observation's fractions are computed once per field and
-shared by every method scored against it (:class:`ObservedFractions`).
+Box sums come from one integer integral image per field (exact), shared by every window;
+the observation's fractions are computed once per field and shared by every method scored
+against it (:class:`ObservedFractions`). Float32 fields are compared with their thresholds in
+float32 (each threshold rounded up to the least float32 not below it), which is exactly the
+float64 comparison without widening the fields.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "FssSums",
     "ObservedFractions",
     "as_tensor",
+    "at_least",
     "box_sums",
     "contingency_sums",
     "csi",
@@ -136,15 +139,35 @@ class ContingencySums:
                 "correct_negatives": self.n[..., None] - self.forecast_events - self.observed_events + h}
 
 
+def at_least(x: Tensor, threshold: float) -> Tensor:
+    """``x >= threshold`` as compared in float64, without widening a float32 ``x``.
+
+    For float32 values, ``x >= t`` in float64 is ``x >= t32`` with t32 the least float32 not below t.
+    """
+    if x.dtype == torch.float64:
+        return x >= threshold
+    if x.dtype != torch.float32:
+        return x.to(torch.float64) >= threshold
+    with np.errstate(over="ignore"):
+        t32 = np.float32(threshold)
+    if float(t32) < threshold:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return x >= float(t32)
+
+
 def contingency_sums(forecast: Array, observation: Array, valid: Array, thresholds: Sequence[float]) -> ContingencySums:
     """Contingency counts of fields (N, ...) per field (first axis) and threshold; event = value >= threshold."""
     f, o, m = (_fields(as_tensor(a)) for a in (forecast, observation, valid))
     m = m.to(torch.bool)
-    t = torch.tensor([float(v) for v in thresholds], dtype=torch.float64, device=f.device)
-    fe = (f[..., None].to(torch.float64) >= t) & m[..., None]
-    oe = (o[..., None].to(torch.float64) >= t) & m[..., None]
-    return ContingencySums(hits=(fe & oe).sum(dim=1), forecast_events=fe.sum(dim=1),
-                           observed_events=oe.sum(dim=1), n=m.sum(dim=1))
+    hits, forecast_events, observed_events = [], [], []
+    for t in (float(v) for v in thresholds):
+        fe = at_least(f, t).logical_and_(m)
+        oe = at_least(o, t).logical_and_(m)
+        forecast_events.append(fe.sum(dim=1))
+        observed_events.append(oe.sum(dim=1))
+        hits.append(fe.logical_and_(oe).sum(dim=1))
+    return ContingencySums(hits=torch.stack(hits, dim=1), forecast_events=torch.stack(forecast_events, dim=1),
+                           observed_events=torch.stack(observed_events, dim=1), n=m.sum(dim=1))
 
 
 @dataclass(frozen=True)
@@ -165,49 +188,47 @@ def error_sums(forecast: Array, observation: Array, valid: Array) -> ErrorSums:
     return ErrorSums(sum_abs_error=err.abs().sum(dim=1), sum_error=err.sum(dim=1), n=m.sum(dim=1))
 
 
-def _cumsum0(x: Tensor, dim: int) -> Tensor:
-    """Cumulative sum along ``dim`` with a leading zero (length + 1), in ``x``'s dtype."""
-    c = x.cumsum(dim=dim, dtype=x.dtype)
-    shape = list(c.shape)
-    shape[dim] = 1
-    return torch.cat([torch.zeros(shape, dtype=c.dtype, device=c.device), c], dim=dim)
+def _integral_image(t: Tensor, pad: int) -> Tensor:
+    """Integral image of fields (..., H, W), (..., H + 1 + 2 pad, W + 1 + 2 pad), in ``t``'s dtype.
 
-
-def _axis_sums(cum: Tensor, n: int, dim: int) -> Tensor:
-    """Window sums along ``dim`` (windows i - n//2 .. i - n//2 + n - 1, clipped) from a zero-led cumulative sum.
-
-    The cumulative sum is extended by n//2 zeros before and its total repeated after, so every
-    window is the difference of two slices (views), with no index gathering.
+    Entry (pad + i, pad + j) is the sum of ``t[..., :i, :j]``. The ``pad`` rows and columns before
+    repeat the zero row, those after repeat the totals, so a window reaching outside the grid sums
+    what lies inside (zero outside) and every window is four shifted views of one array.
     """
-    length = cum.shape[dim] - 1
-    before = list(cum.shape)
-    before[dim] = n // 2
-    total = cum.narrow(dim, length, 1)
-    ext = torch.cat([torch.zeros(before, dtype=cum.dtype, device=cum.device), cum,
-                     total.expand(*[n - n // 2 if d == dim else -1 for d in range(cum.ndim)])], dim=dim)
-    return ext.narrow(dim, n, length) - ext.narrow(dim, 0, length)
+    h, w = t.shape[-2:]
+    core = t.cumsum(dim=-2, dtype=t.dtype).cumsum(dim=-1, dtype=t.dtype)
+    lead = torch.zeros((*t.shape[:-2], h + 1, w + 1), dtype=t.dtype, device=t.device)
+    lead[..., 1:, 1:] = core
+    rows = torch.arange(-pad, h + 1 + pad, device=t.device).clamp_(0, h)
+    cols = torch.arange(-pad, w + 1 + pad, device=t.device).clamp_(0, w)
+    return lead.index_select(-2, rows).index_select(-1, cols)
 
 
 def box_sums(x: Array, sizes: Sequence[int]) -> list[Tensor]:
     """Sums of ``x`` (..., H, W) over the n x n window of every pixel for each n, zero outside the grid.
 
     Integer and boolean input gives exact integer sums (int32 while the field has fewer than
-    2**31 pixels, else int64), float input float64. The cumulative sum down the rows is shared
-    by every size.
+    2**31 pixels, else int64), float input float64. One integral image serves every size: each
+    window is the signed sum of four shifted views of it.
     """
     t = as_tensor(x)
     if t.dtype.is_floating_point:
         t = t.to(torch.float64)
     else:
         t = t.to(torch.int32 if t.shape[-2] * t.shape[-1] < 2**31 else torch.int64)
-    rows = _cumsum0(t, -2)
+    h, w = t.shape[-2:]
+    wide = [int(n) for n in sizes if int(n) != 1]
+    pad = max(wide, default=0) // 2
+    integral = _integral_image(t, pad) if wide else t
     out = []
-    for n in sizes:
+    for n in (int(v) for v in sizes):
         if n == 1:
             out.append(t)
             continue
-        down = _axis_sums(rows, int(n), t.ndim - 2)
-        out.append(_axis_sums(_cumsum0(down, -1), int(n), t.ndim - 1))
+        lo, hi = pad - n // 2, pad - n // 2 + n
+        rows_hi, rows_lo = integral.narrow(-2, hi, h), integral.narrow(-2, lo, h)
+        out.append(rows_hi.narrow(-1, hi, w) - rows_lo.narrow(-1, hi, w)
+                   - rows_hi.narrow(-1, lo, w) + rows_lo.narrow(-1, lo, w))
     return out
 
 
@@ -237,9 +258,11 @@ def observed_fractions(observation: Array, valid: Array, threshold: float, sizes
     """The observation's event fractions over windows of ``sizes`` pixels, fields (..., H, W) -> (N, H, W)."""
     o = _as_fields(observation)
     m = _as_fields(valid).to(torch.bool)
-    event = (o >= threshold) & m
-    counts = [torch.where(m, c.to(torch.float64), 1.0) for c in box_sums(m, sizes)]
-    fractions = [torch.where(m, s / c, 0.0) for s, c in zip(box_sums(event, sizes), counts, strict=True)]
+    event = at_least(o, threshold).logical_and_(m)
+    not_scored = ~m
+    counts = [c.to(torch.float64).masked_fill_(not_scored, 1.0) for c in box_sums(m, sizes)]
+    fractions = [s.to(torch.float64).div_(c).masked_fill_(not_scored, 0.0)
+                 for s, c in zip(box_sums(event, sizes), counts, strict=True)]
     obs_sq = torch.stack([(p * p).sum(dim=(-2, -1)) for p in fractions], dim=-1)
     return ObservedFractions(float(threshold), tuple(int(n) for n in sizes), m, tuple(counts), tuple(fractions),
                              obs_sq)
@@ -258,10 +281,14 @@ def fss_sums(forecast: Array, observed: ObservedFractions) -> FssSums:
     """FSS sums of a forecast (..., H, W) against the observation's fractions (same fields and mask)."""
     f = _as_fields(forecast)
     m = observed.valid
-    event = (f >= observed.threshold) & m
+    event = at_least(f, observed.threshold).logical_and_(m)
     diff, fct = [], []
+    not_scored = ~m
+    pf = torch.empty(m.shape, dtype=torch.float64, device=m.device)  # two buffers for every window: no fresh pages
+    sq = torch.empty_like(pf)
     for s, c, po in zip(box_sums(event, observed.sizes), observed.counts, observed.fractions, strict=True):
-        pf = torch.where(m, s / c, 0.0)
-        diff.append(((pf - po) ** 2).sum(dim=(-2, -1)))
-        fct.append((pf * pf).sum(dim=(-2, -1)))
+        torch.div(s, c, out=pf).masked_fill_(not_scored, 0.0)
+        torch.sub(pf, po, out=sq)
+        diff.append(sq.mul_(sq).sum(dim=(-2, -1)))
+        fct.append(torch.mul(pf, pf, out=sq).sum(dim=(-2, -1)))
     return FssSums(diff_sq=torch.stack(diff, dim=-1), fct_sq=torch.stack(fct, dim=-1), obs_sq=observed.obs_sq)

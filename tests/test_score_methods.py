@@ -1,8 +1,10 @@
-"""The evaluation's scoring (lead_scores' integral images, shared observation side) against the kernel, bit for bit.
+"""The evaluation's scoring: several methods on one shared observation side, and the kernel's float32 events.
 
-``LeadTimeScores`` no longer calls the kernel's ``contingency_sums``, ``observed_fractions`` and
-``fss_sums`` per method; these tests add the same fields both ways and require every count and
-sum to be equal, not close: scores.csv prints the full float.
+``score_methods`` computes the observation's FSS fractions once per analysis time and scores every
+method against them; these tests require its counts and sums to equal, not approach, each method
+scored alone by the kernel (scores.csv prints the full float). The kernel compares float32 fields
+with float32-rounded thresholds instead of widening them; that must count exactly the events a
+float64 comparison counts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def _windows(*pixels: int) -> list[FssWindow]:
 
 
 def _reference_add(acc: LeadTimeScores, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray) -> None:
-    """What ``LeadTimeScores`` added before: the kernel's sums, one method at a time."""
+    """The kernel's sums of one method scored alone."""
     observed = scores.observed_fractions(observation, mask, acc.fss_threshold, [w.pixels for w in acc.windows])
     table = scores.contingency_sums(forecast, observation, mask, acc.thresholds)
     errors = scores.error_sums(forecast, observation, mask)
@@ -56,7 +58,9 @@ def _fields(rng: np.random.Generator, shape: tuple[int, int, int], dtype: type) 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("thresholds", "fss_threshold"), [([0.5, 1.0, 5.0, 10.0], 1.0), ([0.1, 0.7, 2.5], 0.3)])
-def test_scores_equal_the_kernel_bit_for_bit(dtype: type, thresholds: list[float], fss_threshold: float) -> None:
+def test_shared_observation_equals_each_method_alone(
+    dtype: type, thresholds: list[float], fss_threshold: float,
+) -> None:
     rng = np.random.default_rng(14)
     windows = _windows(1, 3, 5, 9, 17, 33)
     fast = {name: LeadTimeScores(4, thresholds, fss_threshold, windows) for name in ("near", "far")}
@@ -97,3 +101,23 @@ def test_methods_with_other_thresholds_share_one_observation() -> None:
         _reference_add(slow, fc, obs, mask)
         for state in SUMS:
             np.testing.assert_array_equal(getattr(fast[name], state), getattr(slow, state), err_msg=state)
+
+
+@pytest.mark.parametrize("thresholds", [[0.1, 0.3, 0.7, 1.0, 2.5], [0.5, 1.0, 5.0, 10.0]])
+def test_float32_events_count_as_a_float64_comparison(thresholds: list[float]) -> None:
+    """Values on and one float32 step beside each threshold (float32(0.7) < 0.7 < its successor)."""
+    rng = np.random.default_rng(21)
+    obs, near, far, mask = _fields(rng, (3, 30, 40), np.float32)
+    for fc in (near, far):
+        single = scores.contingency_sums(fc, obs, mask, thresholds)
+        double = scores.contingency_sums(fc.astype(np.float64), obs.astype(np.float64), mask, thresholds)
+        for name in ("hits", "forecast_events", "observed_events", "n"):
+            np.testing.assert_array_equal(getattr(single, name).numpy(), getattr(double, name).numpy(), err_msg=name)
+        for t in thresholds:
+            want = np.count_nonzero((fc.astype(np.float64) >= t) & mask)
+            assert int(single.forecast_events[:, thresholds.index(t)].sum()) == want
+        fss32 = scores.fss_sums(fc, scores.observed_fractions(obs, mask, 0.7, [1, 5, 33]))
+        fss64 = scores.fss_sums(fc.astype(np.float64),
+                                scores.observed_fractions(obs.astype(np.float64), mask, 0.7, [1, 5, 33]))
+        np.testing.assert_array_equal(fss32.diff_sq.numpy(), fss64.diff_sq.numpy())
+        np.testing.assert_array_equal(fss32.fct_sq.numpy(), fss64.fct_sq.numpy())
