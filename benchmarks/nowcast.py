@@ -79,6 +79,7 @@ class BenchSettings:
     seed: int = 0
     tile_size: int | None = None
     config: str = str(CONFIG)
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         check_counts(self, ("leads", "repeats", "threads"), ("warmup",))
@@ -239,14 +240,16 @@ def run(settings: BenchSettings, work_dir: Path) -> Results:
     arch = Architecture.from_config(Path(settings.config))
     past, data = rain_event(settings, max(arch.num_input_frames, 3))
     checkpoint = make_checkpoint(work_dir / "nowcast_precip_random.ckpt", arch, settings.seed)
-    network = build_method("network", checkpoint=checkpoint, tile_size=settings.tile_size)
+    network = build_method("network", checkpoint=checkpoint, tile_size=settings.tile_size,
+                           precision=settings.precision)
     assert isinstance(network, NetworkNowcast)
     methods: dict[str, NowcastMethod] = {"network": network, "lk": build_method("lk"),
                                          "sprog": build_method("sprog")}
     described = {
         "network": (f"{arch.model} {arch.model_settings.get('encoder_name', '')}, {arch.nowcast_head} head, "
                     f"{arch.num_input_frames} -> {arch.num_output_frames} frames, tiles "
-                    f"{network.tiling.tile_size} (overlap {network.tiling.overlap}), random weights"),
+                    f"{network.tiling.tile_size} (overlap {network.tiling.overlap}), precision {settings.precision}, "
+                    "random weights"),
         "lk": "pysteps dense Lucas-Kanade (last 3 frames, dBR) + semi-Lagrangian extrapolation",
         "sprog": "pysteps S-PROG (6 levels, AR(2), fft, gaussian, cdf) with its LK motion",
     }
@@ -314,6 +317,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help="training config whose network is timed (default configs/nowcast_precip.yaml; "
                              "configs/nowcast_precip_real.yaml times the lk_advection head, its LK motion included)")
+    parser.add_argument("--precision", choices=("32", "bf16"), default="32",
+                        help="network precision: float32, or bf16 autocast (pays on a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--json", type=Path, default=None, help="also save the figures as JSON here")
     return parser.parse_args(argv)
 
@@ -323,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = BenchSettings(height=args.height, width=args.width, leads=args.leads, repeats=args.repeats,
                              warmup=args.warmup, threads=args.threads, seed=args.seed, tile_size=args.tile_size,
-                             config=str(args.config))
+                             config=str(args.config), precision=args.precision)
     previous_threads = torch.get_num_threads()
     set_threads(settings.threads)
     load_start = os.getloadavg()

@@ -337,6 +337,19 @@ def test_network_runs_as_predict_and_continues_past_its_leads(
     assert method.forecast(past, 1).shape == (1, 40, 40)
 
 
+def test_network_in_bf16_runs_under_autocast_close_to_float32(checkpoints: dict[str, Path]) -> None:
+    """``precision: bf16`` (the predict stage's setting) reaches the tiles; the nowcast moves by bf16 rounding only."""
+    single = build_method("network", checkpoint=checkpoints["trained"], precision="32")
+    half = build_method("network", checkpoint=checkpoints["trained"], precision="bf16")
+    assert isinstance(single, NetworkNowcast) and isinstance(half, NetworkNowcast)
+    assert single.tiling.autocast_dtype is None and half.tiling.autocast_dtype is torch.bfloat16
+    past = network_input()
+    a, b = single.forecast(past, 4), half.forecast(past, 4)
+    finite = np.isfinite(a)
+    np.testing.assert_array_equal(finite, np.isfinite(b))
+    assert np.abs(a - b)[finite].max() <= 0.05 * max(1.0, float(np.abs(a[finite]).max()))
+
+
 def test_network_refusals(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     direct = build_method("network", checkpoint=checkpoints["direct"])
     past = network_input()

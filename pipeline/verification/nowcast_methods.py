@@ -47,7 +47,13 @@ from meteovision.datasets.motion import (
 )
 from meteovision.pipeline.checkpoints.loading import InferenceModel, load_inference_model
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
-from meteovision.pipeline.inference.predict import PredictSettings, infer_field, prepare_model, require_kind
+from meteovision.pipeline.inference.predict import (
+    Precision,
+    PredictSettings,
+    infer_field,
+    prepare_model,
+    require_kind,
+)
 from meteovision.pipeline.inference.tiling import TilingSettings
 from meteovision.pipeline.verification.baselines import persist
 
@@ -73,7 +79,7 @@ SOURCE_INSIDE_MIN = 0.999
 RAIN_UNITS = "mm h-1"
 METHOD_NAMES = ("persistence", "lk", "sprog", "network")
 #: Keyword settings of ``build_method("network", ...)``: how the predict stage runs it.
-NETWORK_SETTINGS = ("device", "tile_size", "overlap", "batch_size")
+NETWORK_SETTINGS = ("device", "tile_size", "overlap", "batch_size", "precision")
 
 
 class NowcastError(MeteovisionError):
@@ -321,7 +327,7 @@ class NetworkNowcast:
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | Path, *, device: str = "cpu", tile_size: int | None = None,
-        overlap: int | None = None, batch_size: int = 4,
+        overlap: int | None = None, batch_size: int = 4, precision: Precision = "auto",
     ) -> NetworkNowcast:
         """Load a nowcast checkpoint (weights_only) and prepare it with the predict stage's settings."""
         model = load_inference_model(checkpoint)
@@ -332,7 +338,7 @@ class NetworkNowcast:
             raise NowcastError(f"{model.path}: a network nowcast takes one rain-rate variable in {RAIN_UNITS}; "
                                f"this checkpoint takes {variables} in {sorted(set(units))}")
         settings = PredictSettings(output_dir=Path("."), device=device, tile_size=tile_size, overlap=overlap,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, precision=precision)
         return cls(model, prepare_model(model, settings))
 
     @property
@@ -390,7 +396,7 @@ def build_method(name: str, *, checkpoint: Path | None = None, **settings: Any) 
     """The method called ``name`` (``persistence``, ``lk``, ``sprog`` or ``network``).
 
     ``checkpoint`` is required for ``network``; ``settings`` are the method's own (S-PROG: its
-    dataclass fields; network: ``device``, ``tile_size``, ``overlap``, ``batch_size``).
+    dataclass fields; network: ``device``, ``tile_size``, ``overlap``, ``batch_size``, ``precision``).
     """
     if name not in METHOD_NAMES:
         raise NowcastError(f"unknown nowcast method {name!r}; known: {', '.join(METHOD_NAMES)}")
