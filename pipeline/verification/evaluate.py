@@ -275,6 +275,7 @@ def _score_in_worker(task: _Task) -> _TimeScores:
 def _score_time(task: _Task, methods: Mapping[str, NowcastMethod]) -> _TimeScores:
     """Run every method from one analysis time and score it on the shared mask."""
     from meteovision.pipeline.verification.nowcast_methods import NowcastInput, lucas_kanade_motion, source_inside_mask
+    from meteovision.pipeline.verification.trajectory import Trajectory
 
     spec = task.spec
     cfg, n_leads = spec.cfg, spec.n_leads
@@ -282,7 +283,8 @@ def _score_time(task: _Task, methods: Mapping[str, NowcastMethod]) -> _TimeScore
                         pixel_size_m=spec.pixel_size_m)
     observation = task.frames[cfg.past_frames :]
     start = time.perf_counter()
-    past = dataclasses.replace(past, motion=lucas_kanade_motion(past))  # once for LK, S-PROG and the mask
+    motion = lucas_kanade_motion(past)  # once for LK, S-PROG and the mask, and LK's trajectory once for LK and the mask
+    past = dataclasses.replace(past, motion=motion, trajectory=Trajectory.along(motion, n_leads))
     motion_seconds = time.perf_counter() - start
     inside = np.asarray(source_inside_mask(past, n_leads, past.motion), dtype=bool)
     past = dataclasses.replace(past, inside=inside)  # LK and S-PROG blank the same sources outside

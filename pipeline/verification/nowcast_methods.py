@@ -7,7 +7,8 @@ with NaN where the method has no value:
 
 * ``persistence``: the last frame at every lead (Eulerian persistence);
 * ``lk``: pysteps' own protocol - dBR (0.1 mm h-1 threshold), Lucas-Kanade motion of the last
-  three frames, semi-Lagrangian extrapolation of the last frame, back to mm h-1;
+  three frames, semi-Lagrangian extrapolation of the last frame (pysteps' scheme, bit for bit, along
+  a :class:`~meteovision.pipeline.verification.trajectory.Trajectory` the mask shares), back to mm h-1;
 * ``sprog``: pysteps' S-PROG with the settings of its example (6 cascade levels, AR(2), CDF
   matching) on the same dBR frames and motion;
 * ``network``: a meteovision nowcast checkpoint run exactly as ``meteovision predict`` runs it
@@ -56,6 +57,7 @@ from meteovision.pipeline.inference.predict import (
 )
 from meteovision.pipeline.inference.tiling import TilingSettings
 from meteovision.pipeline.verification.baselines import persist
+from meteovision.pipeline.verification.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ __all__ = [
     "Persistence",
     "SprogNowcast",
     "build_method",
+    "lagrangian_trajectory",
     "lucas_kanade_motion",
     "source_inside_mask",
 ]
@@ -106,6 +109,8 @@ class NowcastInput:
     motion: np.ndarray | None = field(default=None, compare=False, repr=False)
     #: :func:`source_inside_mask` of these frames along ``motion`` for the first leads, when already computed.
     inside: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: The semi-Lagrangian departure points along ``motion`` (LK extrapolation and the mask sample them).
+    trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         frames = np.asarray(self.frames, dtype=np.float32)
@@ -203,13 +208,20 @@ def source_inside_mask(past: NowcastInput, n_leads: int, motion: np.ndarray | No
     _check_leads(n_leads)
     if past.inside is not None and past.inside.shape[0] >= n_leads and (motion is None or motion is past.motion):
         return past.inside[:n_leads]
-    velocity = _motion_for(past, motion)
-    _require_pysteps("source_inside_mask")
-    from pysteps.extrapolation.semilagrangian import extrapolate
-
     valid = np.isfinite(past.frames[-1]).astype(np.float64)
-    advected = np.asarray(extrapolate(valid, velocity, n_leads, outval=0.0))
+    advected = lagrangian_trajectory(past, n_leads, motion).sample(valid, 0.0, n_leads)
     return np.asarray(advected >= SOURCE_INSIDE_MIN)
+
+
+def lagrangian_trajectory(past: NowcastInput, n_leads: int, motion: np.ndarray | None = None) -> Trajectory:
+    """pysteps' semi-Lagrangian departure points along ``motion`` (LK of ``past`` when None) for ``n_leads``.
+
+    ``past.trajectory`` when it was computed along ``past.motion`` for as many leads or more.
+    """
+    shared = past.trajectory
+    if shared is not None and shared.n_leads >= n_leads and (motion is None or motion is past.motion):
+        return shared
+    return Trajectory.along(_motion_for(past, motion), n_leads)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -248,17 +260,19 @@ class LucasKanadeNowcast:
 
     @staticmethod
     def extrapolate(past: NowcastInput, velocity: np.ndarray, n_leads: int) -> np.ndarray:
-        """The last frame advected ``n_leads`` steps along a given motion (the benchmark times both parts)."""
-        from pysteps.extrapolation.semilagrangian import extrapolate
+        """The last frame advected ``n_leads`` steps along a given motion (the benchmark times both parts).
 
-        velocity = _motion_for(past, velocity)
+        pysteps' semi-Lagrangian extrapolation, bit for bit, along the shared trajectory when
+        ``velocity`` is ``past.motion`` and ``past.trajectory`` was computed with it.
+        """
+        trajectory = lagrangian_trajectory(past, n_leads, velocity)
         last = to_dbr(past.frames[-1])
         gaps = ~np.isfinite(last)
         if gaps.all():
             raise NowcastError("the last frame holds no data (every pixel is NaN)")
         last[gaps] = DBR_ZEROVALUE
         # outval NaN: sources beyond the domain have no value, as in source_inside_mask
-        rate = from_dbr(np.asarray(extrapolate(last, velocity, n_leads)))
+        rate = from_dbr(trajectory.sample(np.asarray(last, dtype=np.float64), np.nan, n_leads))
         if gaps.any():
             rate[~source_inside_mask(past, n_leads, velocity)] = np.nan
         return rate

@@ -1,0 +1,74 @@
+"""Backward trajectories of pysteps' semi-Lagrangian extrapolation, integrated once and sampled many times.
+
+pysteps' ``extrapolation.semilagrangian.extrapolate`` integrates, lead by lead, where each pixel's air
+came from (one midpoint iteration per step, the motion interpolated bilinearly with nearest-edge
+values) and samples the field there. The evaluation advects two fields along the same motion at
+every analysis time: the LK forecast and the radar-coverage validity of the shared source mask.
+Integrating the departure points twice cost as much again as the mask's sampling, so
+:class:`Trajectory` integrates them once, with pysteps' operations in pysteps' order, and
+:meth:`Trajectory.sample` samples any field with pysteps' own ``map_coordinates`` call: the numbers
+are pysteps' to the bit (``tests/test_trajectory.py`` compares them with ``extrapolate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+__all__ = ["Trajectory"]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Departure points ``(n_leads, 2, H, W)`` float64: row then column where lead k's pixel comes from."""
+
+    points: np.ndarray
+
+    @property
+    def n_leads(self) -> int:
+        return int(self.points.shape[0])
+
+    @classmethod
+    def along(cls, velocity: np.ndarray, n_leads: int) -> Trajectory:
+        """The departure points of leads 1..n_leads along ``velocity`` (2, H, W), pixels per step (x, then y)."""
+        velocity = np.asarray(velocity, dtype=np.float64)  # as pysteps' callers pass it
+        if velocity.ndim != 3 or velocity.shape[0] != 2:
+            raise ValueError(f"velocity must be (2, H, W), got {velocity.shape}")
+        if n_leads < 1:
+            raise ValueError(f"n_leads must be >= 1, got {n_leads}")
+        h, w = velocity.shape[1:]
+        x_values, y_values = np.meshgrid(np.arange(w), np.arange(h), copy=False)
+        xy_coords = np.stack([x_values, y_values])
+
+        def motion_at(displacement: np.ndarray, out: np.ndarray) -> None:
+            warped = xy_coords + displacement
+            at = [warped[1, :, :], warped[0, :, :]]
+            out[0, :, :] = map_coordinates(velocity[0, :, :], at, mode="nearest", order=1, prefilter=False)
+            out[1, :, :] = map_coordinates(velocity[1, :, :], at, mode="nearest", order=1, prefilter=False)
+            out *= 1 / 1.0  # pysteps' "td / vel_timestep" for unit steps: kept, so the rounding is its own
+
+        displacement = np.zeros((2, h, w))
+        velocity_inc = velocity.copy() * 1 / 1.0
+        points = np.empty((n_leads, 2, h, w))
+        for k in range(n_leads):
+            motion_at(displacement - velocity_inc / 2.0, velocity_inc)
+            displacement -= velocity_inc
+            motion_at(displacement, velocity_inc)
+            warped = xy_coords + displacement
+            points[k, 0], points[k, 1] = warped[1, :, :], warped[0, :, :]
+        return cls(points)
+
+    def sample(self, field: np.ndarray, outval: float, n_leads: int | None = None) -> np.ndarray:
+        """``field`` (H, W) at the departure points of leads 1..n_leads (all by default), ``outval`` outside."""
+        n = self.n_leads if n_leads is None else n_leads
+        if not 1 <= n <= self.n_leads:
+            raise ValueError(f"this trajectory has {self.n_leads} leads; {n} asked")
+        if field.shape != self.points.shape[-2:]:
+            raise ValueError(f"field is {field.shape}, the trajectory {self.points.shape[-2:]}")
+        return np.stack([
+            map_coordinates(field, [self.points[k, 0], self.points[k, 1]], mode="constant", cval=outval, order=1,
+                            prefilter=False)
+            for k in range(n)
+        ])
