@@ -204,6 +204,34 @@ def _integral_image(t: Tensor, pad: int) -> Tensor:
     return lead.index_select(-2, rows).index_select(-1, cols)
 
 
+def _as_counts(x: Array) -> Tensor:
+    """Integer or boolean input as exact integer sums need it (int32 below 2**31 pixels per field, else int64)."""
+    t = as_tensor(x)
+    if t.dtype.is_floating_point:
+        return t.to(torch.float64)
+    return t.to(torch.int32 if t.shape[-2] * t.shape[-1] < 2**31 else torch.int64)
+
+
+class _WindowSums:
+    """Box sums of one field stack for any window size, from its integral image, into a reused buffer."""
+
+    def __init__(self, t: Tensor, sizes: Sequence[int]) -> None:
+        self.field = t
+        self.pad = max((int(n) for n in sizes), default=1) // 2
+        self.integral = _integral_image(t, self.pad) if self.pad else t
+        self.buffer = torch.empty_like(t)
+
+    def __call__(self, n: int) -> Tensor:
+        """Sums over the n x n windows (``buffer`` is overwritten by the next call; the field itself for n = 1)."""
+        if n == 1:
+            return self.field
+        h, w = self.field.shape[-2:]
+        lo, hi = self.pad - n // 2, self.pad - n // 2 + n
+        rows_hi, rows_lo = self.integral.narrow(-2, hi, h), self.integral.narrow(-2, lo, h)
+        out = torch.sub(rows_hi.narrow(-1, hi, w), rows_lo.narrow(-1, hi, w), out=self.buffer)
+        return out.sub_(rows_hi.narrow(-1, lo, w)).add_(rows_lo.narrow(-1, lo, w))
+
+
 def box_sums(x: Array, sizes: Sequence[int]) -> list[Tensor]:
     """Sums of ``x`` (..., H, W) over the n x n window of every pixel for each n, zero outside the grid.
 
@@ -211,25 +239,8 @@ def box_sums(x: Array, sizes: Sequence[int]) -> list[Tensor]:
     2**31 pixels, else int64), float input float64. One integral image serves every size: each
     window is the signed sum of four shifted views of it.
     """
-    t = as_tensor(x)
-    if t.dtype.is_floating_point:
-        t = t.to(torch.float64)
-    else:
-        t = t.to(torch.int32 if t.shape[-2] * t.shape[-1] < 2**31 else torch.int64)
-    h, w = t.shape[-2:]
-    wide = [int(n) for n in sizes if int(n) != 1]
-    pad = max(wide, default=0) // 2
-    integral = _integral_image(t, pad) if wide else t
-    out = []
-    for n in (int(v) for v in sizes):
-        if n == 1:
-            out.append(t)
-            continue
-        lo, hi = pad - n // 2, pad - n // 2 + n
-        rows_hi, rows_lo = integral.narrow(-2, hi, h), integral.narrow(-2, lo, h)
-        out.append(rows_hi.narrow(-1, hi, w) - rows_lo.narrow(-1, hi, w)
-                   - rows_hi.narrow(-1, lo, w) + rows_lo.narrow(-1, lo, w))
-    return out
+    sums = _WindowSums(_as_counts(x), sizes)
+    return [sums(int(n)).clone() for n in sizes]
 
 
 @dataclass(frozen=True)
@@ -260,9 +271,10 @@ def observed_fractions(observation: Array, valid: Array, threshold: float, sizes
     m = _as_fields(valid).to(torch.bool)
     event = at_least(o, threshold).logical_and_(m)
     not_scored = ~m
-    counts = [c.to(torch.float64).masked_fill_(not_scored, 1.0) for c in box_sums(m, sizes)]
-    fractions = [s.to(torch.float64).div_(c).masked_fill_(not_scored, 0.0)
-                 for s, c in zip(box_sums(event, sizes), counts, strict=True)]
+    valid_sums, event_sums = _WindowSums(_as_counts(m), sizes), _WindowSums(_as_counts(event), sizes)
+    counts = [valid_sums(int(n)).to(torch.float64).masked_fill_(not_scored, 1.0) for n in sizes]
+    fractions = [torch.div(event_sums(int(n)), c).masked_fill_(not_scored, 0.0)
+                 for n, c in zip(sizes, counts, strict=True)]
     obs_sq = torch.stack([(p * p).sum(dim=(-2, -1)) for p in fractions], dim=-1)
     return ObservedFractions(float(threshold), tuple(int(n) for n in sizes), m, tuple(counts), tuple(fractions),
                              obs_sq)
@@ -286,8 +298,9 @@ def fss_sums(forecast: Array, observed: ObservedFractions) -> FssSums:
     not_scored = ~m
     pf = torch.empty(m.shape, dtype=torch.float64, device=m.device)  # two buffers for every window: no fresh pages
     sq = torch.empty_like(pf)
-    for s, c, po in zip(box_sums(event, observed.sizes), observed.counts, observed.fractions, strict=True):
-        torch.div(s, c, out=pf).masked_fill_(not_scored, 0.0)
+    event_sums = _WindowSums(_as_counts(event), observed.sizes)
+    for n, c, po in zip(observed.sizes, observed.counts, observed.fractions, strict=True):
+        torch.div(event_sums(n), c, out=pf).masked_fill_(not_scored, 0.0)
         torch.sub(pf, po, out=sq)
         diff.append(sq.mul_(sq).sum(dim=(-2, -1)))
         fct.append(torch.mul(pf, pf, out=sq).sum(dim=(-2, -1)))
