@@ -1,4 +1,4 @@
-"""The evaluation's scoring: several methods on one shared observation side, and the kernel's float32 events.
+"""The evaluation's scoring: several methods on one shared observation side, hand counts, and float32 events.
 
 ``score_methods`` computes the observation's FSS fractions once per analysis time and scores every
 method against them; these tests require its counts and sums to equal, not approach, each method
@@ -24,20 +24,8 @@ def _windows(*pixels: int) -> list[FssWindow]:
 
 
 def _reference_add(acc: LeadTimeScores, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray) -> None:
-    """The kernel's sums of one method scored alone."""
-    observed = scores.observed_fractions(observation, mask, acc.fss_threshold, [w.pixels for w in acc.windows])
-    table = scores.contingency_sums(forecast, observation, mask, acc.thresholds)
-    errors = scores.error_sums(forecast, observation, mask)
-    fss = scores.fss_sums(forecast, observed)
-    acc.n_times += 1
-    acc.n_pixels += table.n.numpy()
-    acc.hits += table.hits.numpy()
-    acc.forecast_events += table.forecast_events.numpy()
-    acc.observed_events += table.observed_events.numpy()
-    acc.sum_abs_error += errors.sum_abs_error.numpy()
-    acc.sum_error += errors.sum_error.numpy()
-    acc.fss_num += fss.diff_sq.numpy()
-    acc.fss_den += (fss.fct_sq + fss.obs_sq).numpy()
+    """One method scored alone: its own observation side (``update`` is ``score_methods`` of that method)."""
+    acc.update(forecast, observation, mask)
 
 
 def _fields(rng: np.random.Generator, shape: tuple[int, int, int], dtype: type) -> tuple[np.ndarray, ...]:
@@ -79,15 +67,26 @@ def test_shared_observation_equals_each_method_alone(
 
 
 def test_windows_larger_than_the_grid_and_a_masked_lead() -> None:
+    """Counted by hand: a 33-pixel window over a 12 x 14 grid sees the whole grid; a lead with no scored pixel
+    adds nothing and scores NaN, never 0."""
     rng = np.random.default_rng(3)
-    obs, fc, _, mask = _fields(rng, (2, 6, 5), np.float32)
-    mask[1] = False  # nothing scored at the second lead: NaN scores, zero counts
-    fast = LeadTimeScores(2, [0.5], 0.5, _windows(1, 3, 33))
-    slow = fast.empty_like()
-    fast.update(fc, obs, mask)
-    _reference_add(slow, fc, obs, mask)
-    for state in SUMS:
-        np.testing.assert_array_equal(getattr(fast, state), getattr(slow, state), err_msg=state)
+    obs, fc, _, mask = _fields(rng, (2, 12, 14), np.float32)
+    mask[1] = False
+    acc = LeadTimeScores(2, [0.5], 0.5, _windows(1, 3, 33))
+    acc.update(fc, obs, mask)
+    m = mask[0]
+    fe, oe = (np.asarray(fc[0], dtype=np.float64) >= 0.5) & m, (np.asarray(obs[0], dtype=np.float64) >= 0.5) & m
+    assert acc.n_pixels.tolist() == [int(m.sum()), 0]
+    assert acc.hits.tolist() == [[int((fe & oe).sum())], [0]]
+    assert acc.forecast_events.tolist() == [[int(fe.sum())], [0]]
+    pf, po = fe.sum() / m.sum(), oe.sum() / m.sum()  # every scored pixel's 33-pixel window: the whole grid
+    n = int(m.sum())
+    assert n > 50 and 0 < fe.sum() < n and 0 < oe.sum() < n
+    np.testing.assert_allclose(acc.fss_num[0, 2], n * (pf - po) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(acc.fss_den[0, 2], n * (pf**2 + po**2), rtol=1e-12)
+    assert acc.fss_num[1].tolist() == [0.0, 0.0, 0.0] and acc.sum_abs_error[1] == 0.0
+    second = {s.metric: s.value for s in acc.scores() if s.lead_index == 1}
+    assert np.isnan(second["csi@0.5"]) and np.isnan(second["mae"])
 
 
 def test_methods_with_other_thresholds_share_one_observation() -> None:
