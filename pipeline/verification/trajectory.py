@@ -47,10 +47,10 @@ class Trajectory:
             at = [warped[1, :, :], warped[0, :, :]]
             out[0, :, :] = map_coordinates(velocity[0, :, :], at, mode="nearest", order=1, prefilter=False)
             out[1, :, :] = map_coordinates(velocity[1, :, :], at, mode="nearest", order=1, prefilter=False)
-            out *= 1 / 1.0  # pysteps' "td / vel_timestep" for unit steps: kept, so the rounding is its own
+            # pysteps then multiplies by td / vel_timestep, exactly 1 for unit steps: an exact no-op, left out
 
         displacement = np.zeros((2, h, w))
-        velocity_inc = velocity.copy() * 1 / 1.0
+        velocity_inc = velocity.copy()
         points = np.empty((n_leads, 2, h, w))
         for k in range(n_leads):
             motion_at(displacement - velocity_inc / 2.0, velocity_inc)
