@@ -8,7 +8,9 @@ Measured in one run, on the real series of a packaged evaluate config (read once
 * the harness's share: wall time of one worker minus the methods' own time (their
   ``forecast`` calls plus the Lucas-Kanade motion, computed once per analysis time and shared
   by LK, S-PROG and the mask), as a fraction of the methods' time; what is left is the mask,
-  the scoring (the kernel's box sums) and the bookkeeping. Target <= 0.20.
+  the scoring (the kernel's box sums) and the bookkeeping. Target <= 0.20. Measured twice: with
+  torch pinned to one thread (core for core, as each worker of a pool runs) and with torch's
+  default threads (as ``meteovision evaluate`` runs with one worker).
   pysteps and OpenCV are imported before the timing (once per process, not per analysis time).
 * the wall time of 2 workers over that of 1 on the same analysis times (target <= 0.6), and a
   check that both give the same scores: once starting the pool (the fork server imports the
@@ -48,8 +50,12 @@ def _same_scores(a: EvaluationResult, b: EvaluationResult) -> bool:
                for m in a.methods for s in SUMS)
 
 
-def measure(config: str, data_root: Path, max_lead_minutes: float | None, workers: int) -> dict[str, Any]:
-    """Time one evaluation with 1 worker and one with ``workers``; the figures as a dict."""
+def measure(config: str, data_root: Path, max_lead_minutes: float | None, workers: int,
+            default_threads: int) -> dict[str, Any]:
+    """Time one evaluation with 1 worker (torch on one thread, then on ``default_threads``) and one with
+    ``workers``; the figures as a dict."""
+    import torch
+
     cfg = load_config(config, data_root=data_root, max_lead_minutes=max_lead_minutes, maps="none")
     start = time.perf_counter()
     series = load_series(cfg)
@@ -58,6 +64,12 @@ def measure(config: str, data_root: Path, max_lead_minutes: float | None, worker
     start = time.perf_counter()
     one = run_evaluation(cfg, series=series, workers=1)
     one_s = time.perf_counter() - start
+    torch.set_num_threads(default_threads)
+    start = time.perf_counter()
+    threaded = run_evaluation(cfg, series=series, workers=1)
+    threaded_s = time.perf_counter() - start
+    torch.set_num_threads(1)
+    threaded_methods_s = sum(threaded.seconds.values()) + threaded.motion_seconds
     start = time.perf_counter()
     many = run_evaluation(cfg, series=series, workers=workers)
     many_s = time.perf_counter() - start
@@ -70,10 +82,12 @@ def measure(config: str, data_root: Path, max_lead_minutes: float | None, worker
         "config": cfg.name, "analysis_times": len(one.analysis_times), "leads": one.n_leads,
         "grid": list(series.rates.shape[1:]), "methods": one.methods, "read_s": read_s,
         "method_seconds": one.seconds, "motion_s": one.motion_seconds, "wall_1_worker_s": one_s,
-        "harness_s": harness_s, "harness_share": harness_s / methods_s, f"wall_{workers}_workers_s": many_s,
+        "harness_s": harness_s, "harness_share": harness_s / methods_s, "default_threads": default_threads,
+        "harness_share_default_threads": (threaded_s - threaded_methods_s) / threaded_methods_s,
+        f"wall_{workers}_workers_s": many_s,
         "parallel_ratio": many_s / one_s, f"wall_{workers}_workers_pool_started_s": again_s,
         "parallel_ratio_pool_started": again_s / one_s, "workers": workers,
-        "same_scores": _same_scores(one, many) and _same_scores(one, again),
+        "same_scores": _same_scores(one, many) and _same_scores(one, again) and _same_scores(one, threaded),
         "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
     }
 
@@ -86,7 +100,9 @@ def report(m: dict[str, Any]) -> str:
         "methods' own time: " + ", ".join(f"{k} {v:.1f} s" for k, v in m["method_seconds"].items())
         + f", shared LK motion {m['motion_s']:.1f} s",
         f"1 worker: {m['wall_1_worker_s']:.1f} s wall; harness (mask, scoring, bookkeeping) {m['harness_s']:.1f} s "
-        f"= {100 * m['harness_share']:.0f} % of the methods' time (target <= 20 %)",
+        f"= {100 * m['harness_share']:.0f} % of the methods' time (target <= 20 %), torch on 1 thread; "
+        f"{100 * m['harness_share_default_threads']:.0f} % with torch's default {m['default_threads']} threads "
+        "(as meteovision evaluate runs)",
         f"{w} workers: {m[f'wall_{w}_workers_s']:.1f} s wall = {m['parallel_ratio']:.2f} x one worker, starting the "
         f"pool (target <= 0.6); again, pool started: {m[f'wall_{w}_workers_pool_started_s']:.1f} s = "
         f"{m['parallel_ratio_pool_started']:.2f} x; same scores: {m['same_scores']}",
@@ -109,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    figures = measure(args.config, args.data_root, args.max_lead_minutes, args.workers)
+    figures = measure(args.config, args.data_root, args.max_lead_minutes, args.workers, default_threads)
     sys.stdout.write(report(figures) + "\n")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

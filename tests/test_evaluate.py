@@ -354,10 +354,11 @@ def test_evaluate_benchmark_skips_without_data_and_reports_figures(tmp_path: Pat
 
     bench = load_benchmark_script("evaluate")
     assert bench.main(["--data-root", str(tmp_path)]) == 0  # no radar folder: nothing measured, no error
-    figures = bench.measure(str(_config(tmp_path, frames_dir)), frames_dir, None, 1)  # 2 workers: test above
+    figures = bench.measure(str(_config(tmp_path, frames_dir)), frames_dir, None, 1, 2)  # 2 workers: test above
     assert figures["same_scores"] is True and figures["analysis_times"] == 2
     assert figures["harness_s"] == pytest.approx(figures["wall_1_worker_s"] - sum(figures["method_seconds"].values())
                                                  - figures["motion_s"])
+    assert figures["default_threads"] == 2 and np.isfinite(figures["harness_share_default_threads"])
     assert "of the methods' time" in bench.report(figures)
 
 

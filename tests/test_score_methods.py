@@ -115,8 +115,7 @@ def test_float32_events_count_as_a_float64_comparison(thresholds: list[float]) -
         for t in thresholds:
             want = np.count_nonzero((fc.astype(np.float64) >= t) & mask)
             assert int(single.forecast_events[:, thresholds.index(t)].sum()) == want
-        fss32 = scores.fss_sums(fc, scores.observed_fractions(obs, mask, 0.7, [1, 5, 33]))
-        fss64 = scores.fss_sums(fc.astype(np.float64),
-                                scores.observed_fractions(obs.astype(np.float64), mask, 0.7, [1, 5, 33]))
+        fss32 = scores.fss_sums(fc, obs, mask, 0.7, [1, 5, 33])
+        fss64 = scores.fss_sums(fc.astype(np.float64), obs.astype(np.float64), mask, 0.7, [1, 5, 33])
         np.testing.assert_array_equal(fss32.diff_sq.numpy(), fss64.diff_sq.numpy())
         np.testing.assert_array_equal(fss32.fct_sq.numpy(), fss64.fct_sq.numpy())

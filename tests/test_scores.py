@@ -23,7 +23,7 @@ O4 = np.array([[3, 2, 0, 0], [0, 0, 0, 0], [0, 0, 7, 0], [0, 0, 0, 0]], dtype=np
 def _kernel_scores(f: np.ndarray, o: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     table = scores.contingency_sums(f[None], o[None], valid[None], [1.0, 5.0]).table()
     h, m, fa = table["hits"][0], table["misses"][0], table["false_alarms"][0]
-    fss = scores.fss_sums(f[None], scores.observed_fractions(o[None], valid[None], 1.0, [1, 7]))
+    fss = scores.fss_sums(f[None], o[None], valid[None], 1.0, [1, 7])
     err = scores.error_sums(f[None], o[None], valid[None])
     return {"csi": scores.csi(h, m, fa).numpy(), "pod": scores.pod(h, m).numpy(), "far": scores.far(h, fa).numpy(),
             "fbi": scores.frequency_bias(h, m, fa).numpy(), "cn": table["correct_negatives"][0].numpy(),
@@ -146,3 +146,18 @@ def test_new_fss_equals_the_old_implementation() -> None:
             num, den = _old_fss_sums(f[lead], o[lead], scored[lead], 1.0, n)
             assert acc.fss_num[lead, s] == pytest.approx(num, rel=1e-12, abs=1e-12)
             assert acc.fss_den[lead, s] == pytest.approx(den, rel=1e-12)
+
+
+def test_kernel_leaves_its_inputs_unchanged() -> None:
+    """The kernel reuses buffers and works in place: never in the caller's arrays (float64 input is not copied
+    by a widening, so an in-place step there would write into the forecast)."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        f, o = (rng.gamma(0.5, 2.0, (3, 20, 25)).astype(dtype) for _ in range(2))
+        valid = rng.random((3, 20, 25)) > 0.1
+        copies = [a.copy() for a in (f, o, valid)]
+        scores.error_sums(f, o, valid)
+        scores.contingency_sums(f, o, valid, [0.5, 1.0])
+        scores.fss_sums_of([f, o], o, valid, 1.0, [1, 3, 9])
+        for before, after in zip(copies, (f, o, valid), strict=True):
+            np.testing.assert_array_equal(before, after)

@@ -229,8 +229,7 @@ class FractionsSkillScore(_SumMetric):
                 f"{owner}: fields need two spatial dims [..., H, W], got {tuple(target.shape)}"
             )
         pred, target, valid = _valid_pairs(pred, target, mask, owner)
-        observed = scores.observed_fractions(target, valid, self.threshold, self.scales)
-        sums = scores.fss_sums(pred, observed)
+        sums = scores.fss_sums(pred, target, valid, self.threshold, self.scales)
         self.sum_diff_sq += sums.diff_sq.sum(dim=0)
         self.sum_fct_sq += sums.fct_sq.sum(dim=0)
         self.sum_obs_sq += sums.obs_sq.sum(dim=0)

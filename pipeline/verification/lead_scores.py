@@ -253,11 +253,7 @@ class LeadTimeScores:
             raise VerificationError(f"LeadTimeScores: the {what} is NaN or infinite at {int(bad.sum())} scored "
                                     "pixel(s); leave them out of the mask")
 
-    def _add(self, forecast: np.ndarray, observation: np.ndarray, mask: np.ndarray,
-             observed: scores.ObservedFractions) -> None:
-        table = scores.contingency_sums(forecast, observation, mask, self.thresholds)
-        errors = scores.error_sums(forecast, observation, mask)
-        fss = scores.fss_sums(forecast, observed)
+    def _add(self, table: scores.ContingencySums, errors: scores.ErrorSums, fss: scores.FssSums) -> None:
         self.n_times += 1
         self.n_pixels += table.n.numpy()
         self.hits += table.hits.numpy()
@@ -349,8 +345,8 @@ def score_methods(accumulators: Mapping[str, LeadTimeScores], forecasts: Mapping
                   observation: np.ndarray, mask: np.ndarray) -> None:
     """Add one analysis time of every method, all on one observation and mask (n_leads, H, W).
 
-    The observation's window counts and FSS fractions are computed once (the kernel's
-    :class:`~meteovision.pipeline.verification.scores.ObservedFractions`) and shared by every method.
+    The observation's events, window counts and FSS fractions are computed once by the kernel
+    (:mod:`~meteovision.pipeline.verification.scores`) and shared by every method.
     """
     first = next(iter(accumulators.values()))
     shape = (first.n_leads, *observation.shape[-2:])
@@ -364,6 +360,12 @@ def score_methods(accumulators: Mapping[str, LeadTimeScores], forecasts: Mapping
             raise VerificationError(f"LeadTimeScores: {name} has other leads or FSS windows than the others")
         acc._check("forecast", forecasts[name], shape, mask)
     mask = np.ascontiguousarray(mask)
-    observed = scores.observed_fractions(observation, mask, first.fss_threshold, [w.pixels for w in first.windows])
-    for name, acc in accumulators.items():
-        acc._add(forecasts[name], observation, mask, observed)
+    names = list(accumulators)
+    events = {t: scores.observed_events(observation, mask, t)
+              for t in {tuple(a.thresholds) for a in accumulators.values()}}
+    fss = scores.fss_sums_of([forecasts[n] for n in names], observation, mask, first.fss_threshold,
+                             [w.pixels for w in first.windows])
+    for name, fss_of_method in zip(names, fss, strict=True):
+        acc = accumulators[name]
+        acc._add(scores.forecast_contingency(forecasts[name], events[tuple(acc.thresholds)]),
+                 scores.error_sums(forecasts[name], observation, mask), fss_of_method)

@@ -25,15 +25,18 @@ The edge rules, written here once:
 * **0/0**: a ratio whose denominator is zero (no event observed or forecast, no pixel
   scored) is NaN, never 0.
 
-Box sums come from one integer integral image per field (exact), shared by every window;
-the observation's fractions are computed once per field and shared by every method scored
-against it (:class:`ObservedFractions`). Float32 fields are compared with their thresholds in
-float32 (each threshold rounded up to the least float32 not below it), which is exactly the
-float64 comparison without widening the fields.
+Box sums come from one integral image per field (exact: integer counts, summed as int32 or
+as float64 below 2**53), shared by every window. Several forecasts scored against one
+observation share its side: its events per threshold (:class:`ObservedEvents`) and its FSS
+window counts and fractions (:func:`fss_sums_of`). Float32 fields are compared with their
+thresholds in float32 (each threshold rounded up to the least float32 not below it), which is
+exactly the float64 comparison without widening the fields. Large intermediate arrays go into a
+few reused buffers: on a CPU, touching fresh pages costs as much as the arithmetic.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,7 +48,7 @@ __all__ = [
     "ContingencySums",
     "ErrorSums",
     "FssSums",
-    "ObservedFractions",
+    "ObservedEvents",
     "as_tensor",
     "at_least",
     "box_sums",
@@ -53,11 +56,13 @@ __all__ = [
     "csi",
     "error_sums",
     "far",
+    "forecast_contingency",
     "frequency_bias",
     "fss",
     "fss_sums",
+    "fss_sums_of",
     "mae",
-    "observed_fractions",
+    "observed_events",
     "pod",
     "ratio",
 ]
@@ -143,31 +148,74 @@ def at_least(x: Tensor, threshold: float) -> Tensor:
     """``x >= threshold`` as compared in float64, without widening a float32 ``x``.
 
     For float32 values, ``x >= t`` in float64 is ``x >= t32`` with t32 the least float32 not below t.
+    On the CPU numpy compares (several times faster than torch's single-threaded comparison).
     """
     if x.dtype == torch.float64:
-        return x >= threshold
-    if x.dtype != torch.float32:
-        return x.to(torch.float64) >= threshold
-    with np.errstate(over="ignore"):
-        t32 = np.float32(threshold)
-    if float(t32) < threshold:
-        t32 = np.nextafter(t32, np.float32(np.inf))
-    return x >= float(t32)
+        bound: float | np.floating = threshold
+    elif x.dtype != torch.float32:
+        x, bound = x.to(torch.float64), threshold
+    else:
+        with np.errstate(over="ignore"):
+            bound = np.float32(threshold)
+        if float(bound) < threshold:
+            bound = np.nextafter(bound, np.float32(np.inf))
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.greater_equal(x.numpy(), bound))
+    return x >= float(bound)
+
+
+def _count(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    """Number of True values of a boolean tensor along ``dim``, as int64.
+
+    Summed as bytes into int32 while fewer than 2**31 values are summed (several times faster than
+    torch's int64 sum of booleans), else into int64.
+    """
+    dims = (dim,) if isinstance(dim, int) else dim
+    summed = math.prod(x.shape[d] for d in dims)
+    return x.view(torch.uint8).sum(dim=dim, dtype=torch.int32 if summed < 2**31 else torch.int64).to(torch.int64)
+
+
+@dataclass(frozen=True)
+class ObservedEvents:
+    """The observation's side of a contingency table, fields (N, P): scored pixels and events per threshold.
+
+    Computed once per observation and mask and shared by every forecast scored against them.
+    """
+
+    thresholds: tuple[float, ...]
+    valid: Tensor  # bool (N, P)
+    events: tuple[Tensor, ...]  # bool (N, P) per threshold, False outside ``valid``
+    counts: Tensor  # int64 (N, K)
+    n: Tensor  # int64 (N,)
+
+
+def observed_events(observation: Array, valid: Array, thresholds: Sequence[float]) -> ObservedEvents:
+    """The observation's events (value >= threshold, scored pixels only) of fields (N, ...)."""
+    o, m = (_fields(as_tensor(a)) for a in (observation, valid))
+    m = m.to(torch.bool)
+    events = tuple(at_least(o, float(t)).logical_and_(m) for t in thresholds)
+    counts = torch.stack([_count(e, dim=1) for e in events], dim=1) if events else torch.zeros(
+        (m.shape[0], 0), dtype=torch.int64, device=m.device)
+    return ObservedEvents(tuple(float(t) for t in thresholds), m, events, counts, _count(m, dim=1))
+
+
+def forecast_contingency(forecast: Array, observed: ObservedEvents) -> ContingencySums:
+    """Contingency counts of a forecast (same fields as ``observed``) per field and threshold."""
+    f = _fields(as_tensor(forecast))
+    hits, forecast_events = [], []
+    for t, oe in zip(observed.thresholds, observed.events, strict=True):
+        fe = at_least(f, t).logical_and_(observed.valid)
+        forecast_events.append(_count(fe, dim=1))
+        hits.append(_count(fe.logical_and_(oe), dim=1))
+    empty = torch.zeros_like(observed.counts)
+    return ContingencySums(hits=torch.stack(hits, dim=1) if hits else empty,
+                           forecast_events=torch.stack(forecast_events, dim=1) if hits else empty,
+                           observed_events=observed.counts, n=observed.n)
 
 
 def contingency_sums(forecast: Array, observation: Array, valid: Array, thresholds: Sequence[float]) -> ContingencySums:
     """Contingency counts of fields (N, ...) per field (first axis) and threshold; event = value >= threshold."""
-    f, o, m = (_fields(as_tensor(a)) for a in (forecast, observation, valid))
-    m = m.to(torch.bool)
-    hits, forecast_events, observed_events = [], [], []
-    for t in (float(v) for v in thresholds):
-        fe = at_least(f, t).logical_and_(m)
-        oe = at_least(o, t).logical_and_(m)
-        forecast_events.append(fe.sum(dim=1))
-        observed_events.append(oe.sum(dim=1))
-        hits.append(fe.logical_and_(oe).sum(dim=1))
-    return ContingencySums(hits=torch.stack(hits, dim=1), forecast_events=torch.stack(forecast_events, dim=1),
-                           observed_events=torch.stack(observed_events, dim=1), n=m.sum(dim=1))
+    return forecast_contingency(forecast, observed_events(observation, valid, thresholds))
 
 
 @dataclass(frozen=True)
@@ -180,49 +228,64 @@ class ErrorSums:
 
 
 def error_sums(forecast: Array, observation: Array, valid: Array) -> ErrorSums:
-    """Sums of absolute and signed errors of fields (N, ...) over their scored pixels."""
+    """Sums of absolute and signed errors of fields (N, ...) over their scored pixels.
+
+    The difference is taken in float64 (each value widened exactly). On the CPU numpy subtracts,
+    widening on the fly (torch's single-threaded widening copy costs several times more).
+    """
     f, o, m = (_fields(as_tensor(a)) for a in (forecast, observation, valid))
     m = m.to(torch.bool)
-    err = torch.where(m, f.to(torch.float64) - o.to(torch.float64), torch.zeros((), dtype=torch.float64,
-                                                                                  device=f.device))
-    return ErrorSums(sum_abs_error=err.abs().sum(dim=1), sum_error=err.sum(dim=1), n=m.sum(dim=1))
+    numpy_types = (torch.float32, torch.float64)
+    if f.device.type == "cpu" and f.dtype in numpy_types and o.dtype in numpy_types:
+        err = torch.from_numpy(np.subtract(f.numpy(), o.numpy(), dtype=np.float64))
+    else:
+        err = f.to(torch.float64) - o.to(torch.float64)
+    err.masked_fill_(~m, 0.0)
+    signed = err.sum(dim=1)
+    return ErrorSums(sum_abs_error=err.abs_().sum(dim=1), sum_error=signed, n=_count(m, dim=1))
 
 
-def _integral_image(t: Tensor, pad: int) -> Tensor:
-    """Integral image of fields (..., H, W), (..., H + 1 + 2 pad, W + 1 + 2 pad), in ``t``'s dtype.
+def _integral_image(t: Tensor, pad: int, dtype: torch.dtype) -> Tensor:
+    """Integral image of fields (..., H, W), (..., H + 1 + 2 pad, W + 1 + 2 pad), in ``dtype``.
 
     Entry (pad + i, pad + j) is the sum of ``t[..., :i, :j]``. The ``pad`` rows and columns before
     repeat the zero row, those after repeat the totals, so a window reaching outside the grid sums
-    what lies inside (zero outside) and every window is four shifted views of one array.
+    what lies inside (zero outside) and every window is four shifted views of one array. The field
+    is copied into a zero frame and summed in place along the rows, then down the columns.
     """
     h, w = t.shape[-2:]
-    core = t.cumsum(dim=-2, dtype=t.dtype).cumsum(dim=-1, dtype=t.dtype)
-    lead = torch.zeros((*t.shape[:-2], h + 1, w + 1), dtype=t.dtype, device=t.device)
-    lead[..., 1:, 1:] = core
-    rows = torch.arange(-pad, h + 1 + pad, device=t.device).clamp_(0, h)
-    cols = torch.arange(-pad, w + 1 + pad, device=t.device).clamp_(0, w)
-    return lead.index_select(-2, rows).index_select(-1, cols)
+    out = torch.zeros((*t.shape[:-2], h + 1 + 2 * pad, w + 1 + 2 * pad), dtype=dtype, device=t.device)
+    out[..., pad + 1 : pad + 1 + h, pad + 1 : pad + 1 + w] = t
+    out.cumsum_(dim=-1)
+    out.cumsum_(dim=-2)
+    return out
 
 
-def _as_counts(x: Array) -> Tensor:
-    """Integer or boolean input as exact integer sums need it (int32 below 2**31 pixels per field, else int64)."""
-    t = as_tensor(x)
-    if t.dtype.is_floating_point:
-        return t.to(torch.float64)
-    return t.to(torch.int32 if t.shape[-2] * t.shape[-1] < 2**31 else torch.int64)
+def _sum_dtype(x: Tensor) -> torch.dtype:
+    """The dtype in which sums of ``x`` are exact: int32 (int64 from 2**31 pixels per field) for integer or
+    boolean input, float64 for float input."""
+    if x.dtype.is_floating_point:
+        return torch.float64
+    return torch.int32 if x.shape[-2] * x.shape[-1] < 2**31 else torch.int64
 
 
 class _WindowSums:
-    """Box sums of one field stack for any window size, from its integral image, into a reused buffer."""
+    """Box sums of one field stack for any window size, from its integral image, into a reused buffer.
 
-    def __init__(self, t: Tensor, sizes: Sequence[int]) -> None:
-        self.field = t
+    ``dtype`` is the sums' type; float64 sums of counts are exact (integers below 2**53) and spare
+    the conversion that fractions would need.
+    """
+
+    def __init__(self, t: Tensor, sizes: Sequence[int], dtype: torch.dtype, buffer: Tensor | None = None) -> None:
+        """``buffer`` (``t``'s shape, ``dtype``) may be shared by several stacks whose sums are used in turn."""
+        self.field, self.dtype = t, dtype
         self.pad = max((int(n) for n in sizes), default=1) // 2
-        self.integral = _integral_image(t, self.pad) if self.pad else t
-        self.buffer = torch.empty_like(t)
+        self.integral = _integral_image(t, self.pad, dtype) if self.pad else t
+        self.buffer = torch.empty(t.shape, dtype=dtype, device=t.device) if buffer is None else buffer
 
     def __call__(self, n: int) -> Tensor:
-        """Sums over the n x n windows (``buffer`` is overwritten by the next call; the field itself for n = 1)."""
+        """Sums over the n x n windows (``buffer`` is overwritten by the next call; the field itself for n = 1,
+        in its own dtype)."""
         if n == 1:
             return self.field
         h, w = self.field.shape[-2:]
@@ -239,45 +302,14 @@ def box_sums(x: Array, sizes: Sequence[int]) -> list[Tensor]:
     2**31 pixels, else int64), float input float64. One integral image serves every size: each
     window is the signed sum of four shifted views of it.
     """
-    sums = _WindowSums(_as_counts(x), sizes)
-    return [sums(int(n)).clone() for n in sizes]
-
-
-@dataclass(frozen=True)
-class ObservedFractions:
-    """The observation's side of FSS for fields (N, H, W): scored pixels, window counts and fractions.
-
-    Computed once per observation and mask and shared by every forecast scored against them.
-    ``counts[s]`` and ``fractions[s]`` are (N, H, W) float64 for window ``sizes[s]`` (1 where
-    a pixel is not scored, so no division by zero), ``obs_sq`` is sum Po^2 per field (N, S).
-    """
-
-    threshold: float
-    sizes: tuple[int, ...]
-    valid: Tensor
-    counts: tuple[Tensor, ...]
-    fractions: tuple[Tensor, ...]
-    obs_sq: Tensor
+    t = as_tensor(x)
+    sums = _WindowSums(t, sizes, _sum_dtype(t))
+    return [sums(int(n)).to(sums.dtype, copy=True) for n in sizes]
 
 
 def _as_fields(x: Array) -> Tensor:
     t = as_tensor(x)
     return t.reshape(-1, *t.shape[-2:]) if t.ndim >= 2 else t.reshape(1, 1, -1)
-
-
-def observed_fractions(observation: Array, valid: Array, threshold: float, sizes: Sequence[int]) -> ObservedFractions:
-    """The observation's event fractions over windows of ``sizes`` pixels, fields (..., H, W) -> (N, H, W)."""
-    o = _as_fields(observation)
-    m = _as_fields(valid).to(torch.bool)
-    event = at_least(o, threshold).logical_and_(m)
-    not_scored = ~m
-    valid_sums, event_sums = _WindowSums(_as_counts(m), sizes), _WindowSums(_as_counts(event), sizes)
-    counts = [valid_sums(int(n)).to(torch.float64).masked_fill_(not_scored, 1.0) for n in sizes]
-    fractions = [torch.div(event_sums(int(n)), c).masked_fill_(not_scored, 0.0)
-                 for n, c in zip(sizes, counts, strict=True)]
-    obs_sq = torch.stack([(p * p).sum(dim=(-2, -1)) for p in fractions], dim=-1)
-    return ObservedFractions(float(threshold), tuple(int(n) for n in sizes), m, tuple(counts), tuple(fractions),
-                             obs_sq)
 
 
 @dataclass(frozen=True)
@@ -289,19 +321,76 @@ class FssSums:
     obs_sq: Tensor
 
 
-def fss_sums(forecast: Array, observed: ObservedFractions) -> FssSums:
-    """FSS sums of a forecast (..., H, W) against the observation's fractions (same fields and mask)."""
-    f = _as_fields(forecast)
-    m = observed.valid
-    event = at_least(f, observed.threshold).logical_and_(m)
-    diff, fct = [], []
-    not_scored = ~m
-    pf = torch.empty(m.shape, dtype=torch.float64, device=m.device)  # two buffers for every window: no fresh pages
-    sq = torch.empty_like(pf)
-    event_sums = _WindowSums(_as_counts(event), observed.sizes)
-    for n, c, po in zip(observed.sizes, observed.counts, observed.fractions, strict=True):
-        torch.div(event_sums(n), c, out=pf).masked_fill_(not_scored, 0.0)
-        torch.sub(pf, po, out=sq)
-        diff.append(sq.mul_(sq).sum(dim=(-2, -1)))
-        fct.append(torch.mul(pf, pf, out=sq).sum(dim=(-2, -1)))
-    return FssSums(diff_sq=torch.stack(diff, dim=-1), fct_sq=torch.stack(fct, dim=-1), obs_sq=observed.obs_sq)
+#: Pixels per FSS chunk: a few fields at a time keep the arrays of one window in the CPU's caches.
+FSS_CHUNK_PIXELS = 1 << 19
+
+
+def fss_sums_of(forecasts: Sequence[Array], observation: Array, valid: Array, threshold: float,
+                sizes: Sequence[int]) -> list[FssSums]:
+    """FSS sums of several forecasts (..., H, W) against one observation and mask, per field and window.
+
+    The observation's side (its window counts and fractions) is computed once per window and shared
+    by every forecast. A fraction is (window event sum) x (1 / scored pixels of the window), 0 at a
+    pixel not scored; the sums are float64 window sums of counts (exact), so no conversion is needed,
+    and sum (Pf - Po)^2 = sum Pf^2 - 2 sum Pf Po + sum Po^2 from three dot products (exactly 0 where
+    Pf = Po). Windows are taken one after the other, every array of one window in a few reused
+    buffers, and fields a few at a time (``FSS_CHUNK_PIXELS``): the fields are independent.
+    """
+    o = _as_fields(observation)
+    m = _as_fields(valid).to(torch.bool)
+    fields = [_as_fields(f) for f in forecasts]
+    for f in fields:
+        if f.shape != o.shape:
+            raise ValueError(f"fss_sums_of: forecast fields {tuple(f.shape)} differ from the observation's "
+                             f"{tuple(o.shape)}")
+    step = max(1, FSS_CHUNK_PIXELS // max(1, o.shape[-2] * o.shape[-1]))
+    parts = [_fss_chunk([f[i : i + step] for f in fields], o[i : i + step], m[i : i + step], threshold, sizes)
+             for i in range(0, max(o.shape[0], 1), step)]  # one (empty) chunk for no field
+    return [FssSums(*(torch.cat([getattr(p[k], name) for p in parts]) for name in ("diff_sq", "fct_sq", "obs_sq")))
+            for k in range(len(fields))]
+
+
+def _dot_fields(a: Tensor, b: Tensor) -> Tensor:
+    """Dot product of every row of two (N, P) float64 arrays. On the CPU numpy's einsum: about twice as
+    fast as torch's vecdot single-threaded, and unlike a BLAS call it starts no thread pool that would
+    compete with the evaluation's worker processes."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(np.einsum("ij,ij->i", a.numpy(), b.numpy()))
+    return torch.linalg.vecdot(a, b)
+
+
+def _fss_chunk(fields: Sequence[Tensor], o: Tensor, m: Tensor, threshold: float, sizes: Sequence[int]) -> list[FssSums]:
+    """:func:`fss_sums_of` of a few fields (N, H, W)."""
+    scored = torch.empty(m.shape, dtype=torch.float64, device=m.device).copy_(m)
+    inverse, po, pf = (torch.empty_like(scored) for _ in range(3))
+    shared = torch.empty_like(scored)  # every stack's window sums, used one at a time
+    valid_sums = _WindowSums(m, sizes, torch.float64, shared)
+    observed = _WindowSums(at_least(o, threshold).logical_and_(m), sizes, torch.float64, shared)
+    predicted = [_WindowSums(at_least(f, threshold).logical_and_(m), sizes, torch.float64, shared) for f in fields]
+    obs_sq: list[Tensor] = []
+    diff: list[list[Tensor]] = [[] for _ in fields]
+    fct: list[list[Tensor]] = [[] for _ in fields]
+    flat = (m.shape[0], m.shape[-2] * m.shape[-1])
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return _dot_fields(a.view(flat), b.view(flat))
+
+    for n in (int(v) for v in sizes):
+        # 1 / (scored pixels of the window) where scored, 0 elsewhere; a pixel's own window: 1 where scored
+        r = scored if n == 1 else torch.reciprocal(valid_sums(n).clamp_(min=1.0), out=inverse).mul_(scored)
+        torch.mul(observed(n), r, out=po)
+        oo = dot(po, po)
+        obs_sq.append(oo)
+        for k, sums in enumerate(predicted):
+            torch.mul(sums(n), r, out=pf)
+            ff, fo = dot(pf, pf), dot(pf, po)
+            diff[k].append((ff - 2.0 * fo + oo).clamp_(min=0.0))  # sum (Pf - Po)^2: exactly 0 where Pf = Po
+            fct[k].append(ff)
+    obs = torch.stack(obs_sq, dim=-1)
+    return [FssSums(diff_sq=torch.stack(d, dim=-1), fct_sq=torch.stack(f, dim=-1), obs_sq=obs)
+            for d, f in zip(diff, fct, strict=True)]
+
+
+def fss_sums(forecast: Array, observation: Array, valid: Array, threshold: float, sizes: Sequence[int]) -> FssSums:
+    """FSS sums of one forecast (..., H, W) against the observation, per field and window (N, S)."""
+    return fss_sums_of([forecast], observation, valid, threshold, sizes)[0]
