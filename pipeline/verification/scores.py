@@ -36,7 +36,6 @@ few reused buffers: on a CPU, touching fresh pages costs as much as the arithmet
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -164,15 +163,14 @@ def at_least(x: Tensor, threshold: float) -> Tensor:
     return x >= float(bound)
 
 
-def _count(x: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+def _count(x: Tensor, dim: int) -> Tensor:
     """Number of True values of a boolean tensor along ``dim``, as int64.
 
     Summed as bytes into int32 while fewer than 2**31 values are summed (several times faster than
     torch's int64 sum of booleans), else into int64.
     """
-    dims = (dim,) if isinstance(dim, int) else dim
-    summed = math.prod(x.shape[d] for d in dims)
-    return x.view(torch.uint8).sum(dim=dim, dtype=torch.int32 if summed < 2**31 else torch.int64).to(torch.int64)
+    wide = x.shape[dim] >= 2**31
+    return x.view(torch.uint8).sum(dim=dim, dtype=torch.int64 if wide else torch.int32).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -194,8 +192,7 @@ def observed_events(observation: Array, valid: Array, thresholds: Sequence[float
     o, m = (_fields(as_tensor(a)) for a in (observation, valid))
     m = m.to(torch.bool)
     events = tuple(at_least(o, float(t)).logical_and_(m) for t in thresholds)
-    counts = torch.stack([_count(e, dim=1) for e in events], dim=1) if events else torch.zeros(
-        (m.shape[0], 0), dtype=torch.int64, device=m.device)
+    counts = torch.stack([_count(e, dim=1) for e in events], dim=1)
     return ObservedEvents(tuple(float(t) for t in thresholds), m, events, counts, _count(m, dim=1))
 
 
@@ -207,9 +204,7 @@ def forecast_contingency(forecast: Array, observed: ObservedEvents) -> Contingen
         fe = at_least(f, t).logical_and_(observed.valid)
         forecast_events.append(_count(fe, dim=1))
         hits.append(_count(fe.logical_and_(oe), dim=1))
-    empty = torch.zeros_like(observed.counts)
-    return ContingencySums(hits=torch.stack(hits, dim=1) if hits else empty,
-                           forecast_events=torch.stack(forecast_events, dim=1) if hits else empty,
+    return ContingencySums(hits=torch.stack(hits, dim=1), forecast_events=torch.stack(forecast_events, dim=1),
                            observed_events=observed.counts, n=observed.n)
 
 
