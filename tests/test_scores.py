@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,49 @@ def test_kernel_leaves_its_inputs_unchanged() -> None:
         scores.fss_sums_of([f, o], o, valid, 1.0, [1, 3, 9])
         for before, after in zip(copies, (f, o, valid), strict=True):
             np.testing.assert_array_equal(before, after)
+
+
+def _exact_fss_sums(f: np.ndarray, o: np.ndarray, m: np.ndarray, threshold: float, n: int) -> tuple[Fraction, Fraction]:
+    """sum (Pf - Po)^2 and sum Pf^2 of one field in rational arithmetic: the fractions' exact values."""
+    count = _old_box_sum(m.astype(np.int64), n)
+    cf = _old_box_sum(((f >= threshold) & m).astype(np.int64), n)
+    co = _old_box_sum(((o >= threshold) & m).astype(np.int64), n)
+    diff, fct = Fraction(0), Fraction(0)
+    for i, j in zip(*np.nonzero(m), strict=True):
+        pf, po = Fraction(int(cf[i, j]), int(count[i, j])), Fraction(int(co[i, j]), int(count[i, j]))
+        diff += (pf - po) ** 2
+        fct += pf**2
+    return diff, fct
+
+
+def test_fss_sums_are_the_exact_sums_rounded_and_zero_for_a_perfect_forecast() -> None:
+    """The FSS sums come from integer window counts, each term rounded once: within a few ulps of the exact
+    rational sums (no cancellation between sum Pf^2, sum Pf Po and sum Po^2), and exactly 0 for a forecast
+    equal to the observation."""
+    rng = np.random.default_rng(11)
+    f, o = (rng.gamma(0.6, 2.0, (2, 23, 31)).astype(np.float32) for _ in range(2))
+    valid = rng.random((2, 23, 31)) > 0.15
+    sizes = [1, 3, 5, 9]
+    sums, perfect = scores.fss_sums_of([f, o], o, valid, 1.0, sizes)
+    for k in range(2):
+        for s, n in enumerate(sizes):
+            diff, fct = _exact_fss_sums(f[k], o[k], valid[k], 1.0, n)
+            assert float(sums.diff_sq[k, s]) == pytest.approx(float(diff), rel=1e-14)
+            assert float(sums.fct_sq[k, s]) == pytest.approx(float(fct), rel=1e-14)
+    assert torch.equal(perfect.diff_sq, torch.zeros_like(perfect.diff_sq))
+    assert torch.equal(perfect.fct_sq, perfect.obs_sq)
+
+
+@pytest.mark.parametrize("popcount", [True, False])
+def test_event_counts_of_rows_of_any_width(popcount: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts by 8-byte population count (numpy 2) or by byte sums (older numpy) agree with a plain sum,
+    whatever the row's width modulo 8."""
+    if not popcount:
+        monkeypatch.setattr(scores, "_BITWISE_COUNT", None)
+    elif scores._BITWISE_COUNT is None:
+        pytest.skip("numpy < 2 has no bitwise_count")
+    rng = np.random.default_rng(5)
+    for width in range(1, 26):
+        rows = rng.random((3, width)) > 0.4
+        np.testing.assert_array_equal(scores._count(torch.from_numpy(rows), dim=1).numpy(), rows.sum(axis=1))
+        assert scores._count(torch.from_numpy(rows), dim=1).dtype == torch.int64

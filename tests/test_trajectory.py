@@ -40,3 +40,23 @@ def test_a_trajectory_refuses_what_it_does_not_cover() -> None:
         trajectory.sample(np.zeros((6, 7)), 0.0)
     with pytest.raises(ValueError, match=r"velocity must be \(2, H, W\)"):
         Trajectory.along(np.ones((3, 6, 8)), 3)
+
+
+@pytest.mark.parametrize("minimum", [0.999, 0.5, 1.0])
+def test_covered_equals_thresholding_the_sampled_validity(minimum: float) -> None:
+    """``covered`` samples only near coverage edges and the grid's border; its answer is the full sampling's,
+    the threshold decisions included (1.0 takes the full path: four valid corners may sum to 1 - 1 ulp)."""
+    rng = np.random.default_rng(3)
+    h, w, n = 41, 53, 12
+    trajectory = Trajectory.along(3.0 * _velocity(rng, h, w), n)  # up to ~8 px per step: many sources leave
+    valid = np.ones((h, w), dtype=bool)
+    valid[10:20, 5:30] = False  # a hole in the coverage
+    valid[rng.random((h, w)) < 0.05] = False  # and scattered gaps
+    valid[:, -4:] = False  # a strip outside the coverage along one border
+    want = trajectory.sample(valid.astype(np.float64), 0.0) >= minimum
+    got = trajectory.covered(valid, minimum)
+    np.testing.assert_array_equal(got, want)
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(trajectory.covered(valid, minimum, n_leads=5), want[:5])
+    with pytest.raises(ValueError, match="boolean"):
+        trajectory.covered(valid.astype(np.float64), minimum)

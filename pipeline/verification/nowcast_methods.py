@@ -208,9 +208,8 @@ def source_inside_mask(past: NowcastInput, n_leads: int, motion: np.ndarray | No
     _check_leads(n_leads)
     if past.inside is not None and past.inside.shape[0] >= n_leads and (motion is None or motion is past.motion):
         return past.inside[:n_leads]
-    valid = np.isfinite(past.frames[-1]).astype(np.float64)
-    advected = lagrangian_trajectory(past, n_leads, motion).sample(valid, 0.0, n_leads)
-    return np.asarray(advected >= SOURCE_INSIDE_MIN)
+    valid = np.isfinite(past.frames[-1])
+    return lagrangian_trajectory(past, n_leads, motion).covered(valid, SOURCE_INSIDE_MIN, n_leads)
 
 
 def lagrangian_trajectory(past: NowcastInput, n_leads: int, motion: np.ndarray | None = None) -> Trajectory:
