@@ -101,6 +101,7 @@ class Architecture:
     num_output_frames: int
     transform: str
     time_step_minutes: float
+    long_lead_smoothing: float = 0.0  # sigma px per step past the trained leads, applied as predict applies it
 
     @classmethod
     def from_config(cls, path: Path = CONFIG) -> Architecture:
@@ -114,6 +115,7 @@ class Architecture:
             num_output_frames=int(data["num_output_frames"]),
             transform=str((data.get("transforms") or {}).get("RATE", "log10_rain")),
             time_step_minutes=float(model.get("time_step_minutes") or RADAR_STEP_MINUTES),
+            long_lead_smoothing=float(model.get("long_lead_smoothing") or 0.0),
         )
 
 
@@ -169,7 +171,8 @@ def make_checkpoint(path: Path, arch: Architecture, seed: int) -> Path:
     torch.manual_seed(seed)
     task = NowcastTask(application="nowcast_precip", model=arch.model, model_settings=dict(arch.model_settings),
                        in_channels=arch.num_input_frames, out_channels=arch.num_output_frames, baseline=None,
-                       time_step_minutes=arch.time_step_minutes, nowcast_head=arch.nowcast_head)
+                       time_step_minutes=arch.time_step_minutes, nowcast_head=arch.nowcast_head,
+                       long_lead_smoothing=arch.long_lead_smoothing)
     meta = checkpoint_metadata(task, BenchData(arch))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta.to_dict()}, path)
@@ -249,7 +252,7 @@ def run(settings: BenchSettings, work_dir: Path) -> Results:
         "network": (f"{arch.model} {arch.model_settings.get('encoder_name', '')}, {arch.nowcast_head} head, "
                     f"{arch.num_input_frames} -> {arch.num_output_frames} frames, tiles "
                     f"{network.tiling.tile_size} (overlap {network.tiling.overlap}), precision {settings.precision}, "
-                    "random weights"),
+                    f"long-lead smoothing {arch.long_lead_smoothing:g} px/step, random weights"),
         "lk": "pysteps dense Lucas-Kanade (last 3 frames, dBR) + semi-Lagrangian extrapolation",
         "sprog": "pysteps S-PROG (6 levels, AR(2), fft, gaussian, cdf) with its LK motion",
     }

@@ -19,6 +19,7 @@ import torch
 
 from meteovision.pipeline.checkpoints.loading import CHECKPOINT_KEY, CheckpointMetadata
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast, build_network
+from meteovision.pipeline.inference.lead_smoothing import smooth_extrapolated_leads
 from meteovision.pipeline.inference.predict import infer_field
 from meteovision.pipeline.verification.nowcast_methods import (
     LucasKanadeNowcast,
@@ -335,6 +336,33 @@ def test_network_runs_as_predict_and_continues_past_its_leads(
     np.testing.assert_allclose(five[:2], two, rtol=1e-5, atol=1e-6)
     assert np.isfinite(five[:, 5:, :]).all() and (five >= 0)[np.isfinite(five)].all()
     assert method.forecast(past, 1).shape == (1, 40, 40)
+
+
+def test_long_lead_smoothing_is_recorded_and_smooths_only_past_the_trained_leads(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """A checkpoint recording ``long_lead_smoothing`` gives the same trained leads and, past them, the
+    unsmoothed leads smoothed by sigma = j x its value (no data kept as NaN), in predict and evaluate alike."""
+    ckpt = torch.load(checkpoints["trained"], map_location="cpu", weights_only=True)
+    meta = CheckpointMetadata.from_checkpoint_dict(ckpt)
+    smoothed_meta = dataclasses.replace(meta, network=dataclasses.replace(meta.network, long_lead_smoothing=0.7))
+    path = tmp_path / "smoothed.ckpt"
+    torch.save({**ckpt, CHECKPOINT_KEY: smoothed_meta.to_dict()}, path)
+    plain = build_method("network", checkpoint=checkpoints["trained"])
+    smoothed = build_method("network", checkpoint=path)
+    assert isinstance(smoothed, NetworkNowcast) and isinstance(plain, NetworkNowcast)
+    assert smoothed.model.meta.network.long_lead_smoothing == 0.7
+    assert plain.model.meta.network.long_lead_smoothing is None
+    past = network_input()
+    want = plain.forecast(past, 5)
+    got = smoothed.forecast(past, 5)
+    np.testing.assert_array_equal(got[:2], want[:2])  # the 2 trained leads
+    expected = want.copy()
+    smooth_extrapolated_leads(expected, trained_leads=2, variables=1, sigma_per_step=0.7)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.nanstd(got[4]) < np.nanstd(want[4])
+    np.testing.assert_array_equal(smoothed.forecast(past, 2), want[:2])
 
 
 def test_network_in_bf16_runs_under_autocast_close_to_float32(checkpoints: dict[str, Path]) -> None:

@@ -15,6 +15,7 @@ from meteovision.pipeline.checkpoints.loading import (
     load_checkpoint,
     load_inference_model,
 )
+from meteovision.pipeline.checkpoints.metadata import CheckpointMetadata
 from meteovision.pipeline.checkpoints.packaged import (
     MAX_PACKAGED_BYTES,
     PACKAGED_CHECKPOINTS,
@@ -28,6 +29,7 @@ from meteovision.pipeline.demo_real_nowcast import run_real_nowcast
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NAME = "nowcast_precip_real"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_packaged_checkpoint_ships_small_with_its_card() -> None:
@@ -62,6 +64,7 @@ def test_the_packaged_network_loads_by_name_as_a_5_min_2_km_lk_nowcast() -> None
     assert (meta.application, meta.network.nowcast_head) == ("nowcast_precip", "lk_advection")
     assert meta.time_step_minutes == pytest.approx(5.0)
     assert meta.grid_spacing_m == pytest.approx(2000.0)
+    assert meta.network.long_lead_smoothing == pytest.approx(0.25)  # chosen on the pre-test windows
     assert all(p.dtype == torch.float32 for p in model.net.parameters())
     raw = load_checkpoint(NAME)
     assert "optimizer_states" not in raw
@@ -80,6 +83,22 @@ def test_slimming_keeps_the_weights_to_float16_and_drops_the_training_state(tmp_
     x = torch.rand(1, 5, 64, 64)
     with torch.no_grad():
         assert torch.equal(load_inference_model(out).net(x), load_inference_model(NAME).net(x))
+
+
+def test_the_packaging_tool_records_a_long_lead_smoothing_and_refuses_a_negative_one() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("package_checkpoint", ROOT / "tools" / "package_checkpoint.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    packaged = load_checkpoint(NAME)
+    for sigma, recorded in ((0.6, 0.6), (0.0, None)):
+        updated = tool.with_long_lead_smoothing(packaged, sigma, "x.ckpt")
+        assert CheckpointMetadata.from_checkpoint_dict(updated).network.long_lead_smoothing == recorded
+        assert updated["state_dict"] is packaged["state_dict"]
+    with pytest.raises(CheckpointError, match=r"x\.ckpt: --long-lead-smoothing must be >= 0"):
+        tool.with_long_lead_smoothing(packaged, -1.0, "x.ckpt")
 
 
 def test_a_checkpoint_above_the_limit_is_refused_and_leaves_no_file(tmp_path: Path,

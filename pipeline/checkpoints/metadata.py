@@ -36,7 +36,7 @@ NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian", "lk_advection"
 #: Heads whose input is the frames plus their Lucas-Kanade motion (two channels the data do not hold).
 MOTION_INPUT_HEADS = ("lk_advection",)
 _NETWORK_FIELDS = ("model_name", "model_settings", "in_channels", "out_channels", "nowcast_head",
-                   "variables_per_frame", "max_speed", "divisibility")
+                   "variables_per_frame", "max_speed", "divisibility", "long_lead_smoothing")
 
 
 class CheckpointError(MeteovisionError):
@@ -59,6 +59,8 @@ class NetworkMetadata:
     variables_per_frame: int = 1
     max_speed: float | None = None  # None: the head's historical bound (advection heads: 6 px/step)
     divisibility: int = 1  # input height and width must be a multiple of this
+    #: Gaussian sigma (pixels) per step past an advection head's trained leads, applied at inference; None: none
+    long_lead_smoothing: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types, for the checkpoint and for ``build_network``'s callers that log it."""
@@ -71,6 +73,7 @@ class NetworkMetadata:
             "variables_per_frame": self.variables_per_frame,
             "max_speed": self.max_speed,
             "divisibility": self.divisibility,
+            "long_lead_smoothing": self.long_lead_smoothing,
         }
 
 
@@ -195,6 +198,7 @@ class CheckpointMetadata:
                 variables_per_frame=net.positive("variables_per_frame", 1),
                 max_speed=net.number("max_speed"),
                 divisibility=net.positive("divisibility", 1),
+                long_lead_smoothing=net.number("long_lead_smoothing"),
             ),
             input_variables=f.texts("input_variables"),
             channel_names=f.texts("channel_names"),
@@ -358,6 +362,7 @@ def checkpoint_metadata(task: Any, dm: Any) -> CheckpointMetadata:
             nowcast_head=str(getattr(task, "nowcast_head", "direct")),
             variables_per_frame=int(hp.get("variables_per_frame") or 1),
             max_speed=getattr(task, "max_speed", None),
+            long_lead_smoothing=getattr(task, "long_lead_smoothing", None),
             divisibility=int(get_model_spec(task.model_name, **task.model_settings).divisibility),
         ),
         input_variables=tuple(getattr(dm, "input_variables", None) or ()),

@@ -29,6 +29,7 @@ from meteovision.pipeline.exit_codes import ExitCode
 from meteovision.pipeline.inference.inputs import (
     InputMismatchError,
 )
+from meteovision.pipeline.inference.lead_smoothing import smooth_extrapolated_leads
 from meteovision.pipeline.inference.outputs import (
     OUTPUT_FORMATS,
     physical_outputs,
@@ -294,6 +295,9 @@ def infer_field(
     out = physical_outputs(model, raw)
     if nodata is not None:
         out[:, nodata] = np.nan
+    net, sigma = model.net, model.meta.network.long_lead_smoothing
+    if sigma and isinstance(net, AdvectionNowcast) and out.shape[0] > net.lead_times * net.variables_per_frame:
+        smooth_extrapolated_leads(out, net.lead_times, net.variables_per_frame, sigma)
     return out
 
 
@@ -334,6 +338,7 @@ def run_config(model: InferenceModel, settings: PredictSettings, tiling: TilingS
     if kind is TaskKind.NOWCAST:
         config["num_input_frames"] = meta.num_input_frames
         config["time_step_minutes"] = meta.time_step_minutes
+        config["long_lead_smoothing"] = meta.network.long_lead_smoothing or 0.0  # sigma px/step past trained leads
     return config
 
 

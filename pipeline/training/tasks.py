@@ -126,6 +126,7 @@ class MeteoTask(L.LightningModule):
     # ------------------------------------------------------------------ model
     nowcast_head: str = "direct"
     max_speed: float | None = None
+    long_lead_smoothing: float | None = None
 
     def network_description(self, in_channels: int, out_channels: int) -> NetworkMetadata:
         """What ``build_network`` needs; also recorded in the checkpoint for inference."""
@@ -133,7 +134,8 @@ class MeteoTask(L.LightningModule):
         variables = self.hparams.get("variables_per_frame") or known or 1
         return NetworkMetadata(model_name=self.model_name, in_channels=in_channels, out_channels=out_channels,
                                model_settings=self.model_settings, nowcast_head=self.nowcast_head,
-                               variables_per_frame=int(variables), max_speed=self.max_speed)
+                               variables_per_frame=int(variables), max_speed=self.max_speed,
+                               long_lead_smoothing=self.long_lead_smoothing)
 
     def _build_net(self, in_channels: int, out_channels: int) -> None:
         description = self.network_description(in_channels, out_channels)
@@ -396,6 +398,7 @@ class NowcastTask(MeteoTask):
         nowcast_head: str = "lagrangian",
         variables_per_frame: int | None = None,
         max_speed: float = 12.0,
+        long_lead_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
@@ -405,9 +408,15 @@ class NowcastTask(MeteoTask):
         ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
         ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
         the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km).
+        ``long_lead_smoothing`` (pixels per step, 0 = none): an advection head's leads past the trained ones are
+        smoothed at inference by a Gaussian of this sigma times the steps past the last trained lead, as S-PROG
+        drops the scales it cannot predict (nothing is learned for those leads; training is unchanged).
         The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         if not max_speed > 0:
             raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
+        if not long_lead_smoothing >= 0:
+            raise ValueError(f"long_lead_smoothing must be >= 0 pixels per step, got {long_lead_smoothing}")
+        self.long_lead_smoothing = float(long_lead_smoothing) or None
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
         self.nowcast_head = nowcast_head
