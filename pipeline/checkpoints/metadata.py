@@ -35,8 +35,6 @@ FORMAT_VERSION = 2
 NOWCAST_HEADS = ("direct", "residual", "advection", "lagrangian", "lk_advection")
 #: Heads whose input is the frames plus their Lucas-Kanade motion (two channels the data do not hold).
 MOTION_INPUT_HEADS = ("lk_advection",)
-_NETWORK_FIELDS = ("model_name", "model_settings", "in_channels", "out_channels", "nowcast_head",
-                   "variables_per_frame", "max_speed", "divisibility", "long_lead_smoothing")
 
 
 class CheckpointError(MeteovisionError):

@@ -296,7 +296,7 @@ def infer_field(
     if nodata is not None:
         out[:, nodata] = np.nan
     net, sigma = model.net, model.meta.network.long_lead_smoothing
-    if sigma and isinstance(net, AdvectionNowcast) and out.shape[0] > net.lead_times * net.variables_per_frame:
+    if sigma and isinstance(net, AdvectionNowcast):  # touches only leads past the trained ones
         smooth_extrapolated_leads(out, net.lead_times, net.variables_per_frame, sigma)
     return out
 
