@@ -102,6 +102,7 @@ class Architecture:
     transform: str
     time_step_minutes: float
     long_lead_smoothing: float = 0.0  # sigma px per step past the trained leads, applied as predict applies it
+    step_input: bool = False  # trained at native steps: the frames' step is one more input channel
 
     @classmethod
     def from_config(cls, path: Path = CONFIG) -> Architecture:
@@ -116,6 +117,7 @@ class Architecture:
             transform=str((data.get("transforms") or {}).get("RATE", "log10_rain")),
             time_step_minutes=float(model.get("time_step_minutes") or RADAR_STEP_MINUTES),
             long_lead_smoothing=float(model.get("long_lead_smoothing") or 0.0),
+            step_input=bool(model.get("step_input", False)),
         )
 
 
@@ -172,7 +174,7 @@ def make_checkpoint(path: Path, arch: Architecture, seed: int) -> Path:
     task = NowcastTask(application="nowcast_precip", model=arch.model, model_settings=dict(arch.model_settings),
                        in_channels=arch.num_input_frames, out_channels=arch.num_output_frames, baseline=None,
                        time_step_minutes=arch.time_step_minutes, nowcast_head=arch.nowcast_head,
-                       long_lead_smoothing=arch.long_lead_smoothing)
+                       long_lead_smoothing=arch.long_lead_smoothing, step_input=arch.step_input)
     meta = checkpoint_metadata(task, BenchData(arch))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": task.state_dict(), CHECKPOINT_KEY: meta.to_dict()}, path)

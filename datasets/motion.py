@@ -33,6 +33,9 @@ DBR_ZEROVALUE = normalization.DBR_ZERO_VALUE
 MOTION_FRAMES = 3
 #: Motion given to a network as input is divided by this (pixels per step), to be of order one.
 MOTION_INPUT_SCALE = 10.0
+#: A network trained at native steps (``native_steps``) gets its input frames' step, in minutes divided by
+#: this, as one constant channel between the frames and the motion.
+STEP_INPUT_SCALE_MINUTES = 10.0
 BASELINES_EXTRA = "pip install meteovision[baselines]"
 
 
@@ -118,3 +121,8 @@ def augment_motion(motion: np.ndarray, k: int, flip_y: bool, flip_x: bool) -> np
     if flip_x:
         u, v = -u[:, ::-1], v[:, ::-1]
     return np.ascontiguousarray(np.stack((u, v)))
+
+
+def step_channel(step_minutes: float, shape: tuple[int, int]) -> np.ndarray:
+    """float32 ``(1, H, W)``: the input frames' time step as a network input (see :data:`STEP_INPUT_SCALE_MINUTES`)."""
+    return np.full((1, *shape), step_minutes / STEP_INPUT_SCALE_MINUTES, dtype=np.float32)

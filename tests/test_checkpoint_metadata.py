@@ -155,11 +155,20 @@ def test_metadata_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) 
         ({"time_step_minutes": None}, r"old\.ckpt: nowcast metadata records no time_step_minutes"),
         ({"normalization": {"mean": [0.0]}}, r"'normalization' normalisation statistics lack"),
         ({"format_version": 3}, r"metadata format 3 is newer than this code reads \(2\)"),
+        ({"step_input": "yes"}, r"old\.ckpt.*'step_input' must be true or false, got 'yes'"),
     ],
 )
 def test_bad_metadata_is_refused_naming_the_file_and_field(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         CheckpointMetadata.from_dict(legacy(**changes), "old.ckpt")
+
+
+def test_a_native_step_network_keeps_its_step_input_and_older_ones_read_as_without() -> None:
+    meta = dataclasses.replace(_current(), network=dataclasses.replace(_current().network, step_input=True))
+    assert CheckpointMetadata.from_dict(meta.to_dict()).network.step_input is True
+    raw = _current().to_dict()
+    del raw["network"]["step_input"]  # written before native-step training existed
+    assert CheckpointMetadata.from_dict(raw).network.step_input is False
 
 
 def test_format_2_without_its_network_part_is_refused() -> None:

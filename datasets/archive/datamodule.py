@@ -7,6 +7,9 @@ Every source is brought to one grid spacing by its own ``coarsen`` (checked: the
 within 1 %), and sequences are drawn at one common ``time_step_minutes`` (a source's step must divide
 it; 5-min series give windows of every third frame at a 15-min step). A source that cannot (10-min BoM
 at 15 min) is refused by name.
+With ``native_steps`` every source is drawn at its own step instead, a whole multiple k of
+``time_step_minutes``: N past frames k steps apart, and the targets at leads k, 2k, ... of the network's
+M leads (the others masked), with the step as one more input channel; see :mod:`.dataset`.
 The batch structure is that of the synthetic :class:`SequenceDataModule` (inputs, target, mask, time),
 so ``NowcastTask`` trains on it unchanged.
 """
@@ -23,10 +26,12 @@ from torch.utils.data import DataLoader
 
 from meteovision.datasets.archive.dataset import ArchiveSequenceDataset
 from meteovision.datasets.archive.events import (
+    MISSING,
     SPLITS,
     DrySampling,
     events_from_gaps,
     keep_windows,
+    lead_windows,
     sequence_windows,
     split_labels,
 )
@@ -49,9 +54,13 @@ class ArchiveDataModule(LightningDataModule):
                  patches_per_window: int = 2, batch_size: int = 8, num_workers: int = 0,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, guard_minutes: float = 30.0,
                  max_gap_minutes: float = 60.0, sampling: DrySampling | None = None, flips: bool = True,
-                 rot90: bool = True, seed: int = 0, motion_input: bool = False) -> None:
+                 rot90: bool = True, seed: int = 0, motion_input: bool = False, native_steps: bool = False,
+                 min_lead_minutes: float | None = None) -> None:
         """``motion_input``: append the Lucas-Kanade motion of the input frames to every sample's inputs
-        (two channels; the ``lk_advection`` nowcast head takes them, and needs pysteps)."""
+        (two channels; the ``lk_advection`` nowcast head takes them, and needs pysteps).
+        ``native_steps``: draw each source at its own step (a whole multiple of ``time_step_minutes``, which
+        ``num_output_frames`` must be a multiple of too) and give the step as an input channel; a window is
+        kept when its split holds the future frames up to ``min_lead_minutes`` (default: every lead)."""
         super().__init__()
         if not sources:
             raise ArchiveError("data.init_args.sources: name at least one source")
@@ -63,6 +72,9 @@ class ArchiveDataModule(LightningDataModule):
                                f"{num_output_frames}")
         if time_step_minutes <= 0:
             raise ArchiveError(f"time_step_minutes must be > 0, got {time_step_minutes}")
+        if min_lead_minutes is not None and not 0 < min_lead_minutes <= num_output_frames * time_step_minutes:
+            raise ArchiveError(f"min_lead_minutes must be in (0, {num_output_frames * time_step_minutes:g}] (the "
+                               f"last lead), got {min_lead_minutes}")
         self.sources = list(sources)
         self.root_given, self.store_path = root, store
         self.quantity, self.transform = quantity, transform
@@ -75,6 +87,8 @@ class ArchiveDataModule(LightningDataModule):
         self.sampling = sampling or DrySampling()
         self.flips, self.rot90, self.seed = flips, rot90, seed
         self.motion_input = motion_input
+        self.native_steps = native_steps
+        self.min_lead_minutes = float(min_lead_minutes) if min_lead_minutes else None
         self.input_variables = [quantity]
         self._series: list[SourceSeries] | None = None
         self._windows: dict[str, list[tuple[int, np.ndarray]]] | None = None
@@ -104,10 +118,29 @@ class ArchiveDataModule(LightningDataModule):
             if abs(s.spacing_m - ref) > 0.01 * ref:
                 raise ArchiveError(f"source {s.name!r}: {s.spacing_m:g} m cells, source {series[0].name!r} "
                                    f"{ref:g} m; set coarsen so that every source has the same spacing")
+            if self.native_steps:
+                self._native_ratio(s)
+                continue
             step = s.step_minutes
             if step is not None and abs(self.time_step_minutes / step - round(self.time_step_minutes / step)) > 1e-6:
                 raise ArchiveError(f"source {s.name!r}: its {step:g}-min step does not divide time_step_minutes "
                                    f"{self.time_step_minutes:g}; leave it out or change the common step")
+
+    def _native_ratio(self, s: SourceSeries) -> int:
+        """k = the source's step / ``time_step_minutes`` (native steps): a whole number dividing the M leads."""
+        step = s.step_minutes
+        if step is None:
+            raise ArchiveError(f"source {s.name!r}: fewer than 2 frames, so no time step to draw it at")
+        k = round(step / self.time_step_minutes)
+        if k < 1 or abs(step / self.time_step_minutes - k) > 1e-6 or self.num_output_frames % k:
+            raise ArchiveError(f"source {s.name!r}: its {step:g}-min step is not a whole multiple of "
+                               f"time_step_minutes {self.time_step_minutes:g} dividing the {self.num_output_frames} "
+                               f"leads; leave it out or change time_step_minutes/num_output_frames")
+        return k
+
+    def step_ratio(self, index: int) -> int:
+        """Leads (of ``time_step_minutes``) per native step of source ``index``; 1 at the common step."""
+        return self._native_ratio(self.series[index]) if self.native_steps else 1
 
     @property
     def grid_spacing_m(self) -> float:
@@ -133,8 +166,12 @@ class ArchiveDataModule(LightningDataModule):
             labels = self.labels_of(i)
             info: dict[str, Any] = {"frames": int(s.times.size),
                                     "events": int(events_from_gaps(s.times, self.max_gap_minutes).max(initial=-1) + 1)}
+            k = self.step_ratio(i)
+            if self.native_steps:
+                info["step_minutes"] = k * self.time_step_minutes
             for split in SPLITS:
-                w = sequence_windows(s.times, labels, split, length, self.time_step_minutes)
+                w = self._source_windows(s, labels, split, k) if self.native_steps else \
+                    sequence_windows(s.times, labels, split, length, self.time_step_minutes)
                 info[f"{split}_frames"] = int((labels == split).sum())
                 if split == "train" and w.shape[0]:
                     wet = self._wet_fraction(s, w[:, self.num_input_frames :])
@@ -147,13 +184,24 @@ class ArchiveDataModule(LightningDataModule):
             per_source[s.name] = info
             LOG.info("archive source %s: %s", s.name, info)
         self.summary = {"time_step_minutes": self.time_step_minutes, "spacing_m": self.grid_spacing_m,
-                                        "sampling": asdict(self.sampling),
+                        "native_steps": self.native_steps, "sampling": asdict(self.sampling),
                         "sources": per_source, "windows": {k: len(v) for k, v in out.items()}}
         LOG.info("archive windows: %s", self.summary["windows"])
         return out
 
+    def _source_windows(self, s: SourceSeries, labels: np.ndarray, split: str, k: int) -> np.ndarray:
+        """Native-step windows of one source: N past frames, then the M / k future ones (missing: -1)."""
+        step = k * self.time_step_minutes
+        future = self.num_output_frames // k
+        min_lead = self.min_lead_minutes or self.num_output_frames * self.time_step_minutes
+        min_future = min(future, max(1, int(np.ceil(min_lead / step - 1e-9))))
+        return lead_windows(s.times, labels, split, self.num_input_frames, future, step, min_future)
+
     def _wet_fraction(self, s: SourceSeries, frames: np.ndarray) -> np.ndarray:
+        """Wet share of each window's target frames (those present, for native-step windows)."""
         thr = self.sampling.wet_threshold
+        if (frames == MISSING).any():
+            return np.concatenate([self._wet_fraction(s, row[row != MISSING][None]) for row in frames])
         stored = None if s.summaries is None else s.summaries.wet_fraction(frames, thr)
         if stored is not None:  # a store's per-frame counts: the same numbers without reading the frames
             return stored
@@ -211,7 +259,9 @@ class ArchiveDataModule(LightningDataModule):
             self._datasets[split] = ArchiveSequenceDataset(
                 self.series, self.windows[split], self.num_input_frames, normalization=self.stats,
                 patch_size=self.patch_size, train=split == "train", patches_per_window=self.patches_per_window,
-                flips=self.flips, rot90=self.rot90, seed=self.seed, motion=self.motion_input)
+                flips=self.flips, rot90=self.rot90, seed=self.seed, motion=self.motion_input,
+                step_ratios=[self.step_ratio(i) for i in range(len(self.series))] if self.native_steps else None,
+                num_leads=self.num_output_frames, time_step_minutes=self.time_step_minutes)
         return self._datasets[split]
 
     def _loader(self, split: str) -> DataLoader[Sample]:

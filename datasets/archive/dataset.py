@@ -5,6 +5,10 @@ A sample is ``inputs`` float32 [N, P, P] (normalised), ``target`` float32 [M, P,
 is False, so it weighs nothing in the loss nor the metrics) and ``time`` float64 [] (seconds of the
 last input). With ``motion=True`` the inputs are [N + 2, P, P]: the frames, then the Lucas-Kanade
 motion of the whole frames (pixels per step / ``MOTION_INPUT_SCALE``), cut and turned like them.
+With ``step_ratios`` (native steps) source s is k_s leads per frame: its N past frames are k_s leads
+apart, the step channel (:func:`~meteovision.datasets.motion.step_channel`) sits between the frames and
+the motion, the motion is per lead (Lucas-Kanade / k_s), and the target holds the M leads with the
+frames at leads k_s, 2 k_s, ... (the others and any future frame outside the split: NaN, masked).
 Sources of different sizes mix in one batch because every sample is a P x P patch:
 random (seeded by ``(seed, epoch, index)``) for training, tiles covering the frame otherwise.
 """
@@ -17,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from meteovision.datasets.archive.events import MISSING
 from meteovision.datasets.archive.series import SourceSeries
-from meteovision.datasets.motion import MOTION_INPUT_SCALE, augment_motion, lucas_kanade
+from meteovision.datasets.motion import MOTION_INPUT_SCALE, augment_motion, lucas_kanade, step_channel
 from meteovision.datasets.normalization import NormalizationStats
 from meteovision.datasets.torch_datasets import Sample, SampleKey, SamplingError, tile_origins
 
@@ -32,7 +37,8 @@ class ArchiveSequenceDataset(Dataset[Sample]):
     def __init__(self, series: Sequence[SourceSeries], windows: list[tuple[int, np.ndarray]], num_input_frames: int,
                  *, normalization: NormalizationStats, patch_size: int, train: bool,
                  patches_per_window: int = 2, flips: bool = True, rot90: bool = True, seed: int = 0,
-                 motion: bool = False) -> None:
+                 motion: bool = False, step_ratios: Sequence[int] | None = None, num_leads: int | None = None,
+                 time_step_minutes: float = 5.0) -> None:
         for one in series:
             if patch_size > min(one.values.shape[1:]):
                 raise SamplingError(f"patch_size {patch_size} larger than the {one.values.shape[1:]} grid of "
@@ -46,6 +52,11 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         self.patches_per_window = patches_per_window
         self.flips, self.rot90, self.seed = flips, rot90, seed
         self.motion = motion
+        self.step_ratios = None if step_ratios is None else list(step_ratios)
+        if self.step_ratios is not None and (num_leads is None or len(self.step_ratios) != len(self.series)):
+            raise SamplingError("native steps need num_leads and one step ratio per source")
+        self.num_leads = num_leads
+        self.time_step_minutes = time_step_minutes
         self._motion: dict[int, np.ndarray] = {}
         self._items: list[tuple[int, int, int]] = []
         if not train:
@@ -57,10 +68,18 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         return len(self.windows) * self.patches_per_window if self.train else len(self._items)
 
     def _cut(self, window: int, y0: int, x0: int) -> tuple[np.ndarray, np.ndarray]:
+        """The N input frames and the M target leads of a patch (NaN: not observed), and the target mask."""
         s, frames = self.windows[window]
         p = self.patch_size
-        raw = self.series[s].values[frames, y0 : y0 + p, x0 : x0 + p]
         n = self.num_input_frames
+        if self.step_ratios is None:
+            raw = self.series[s].values[frames, y0 : y0 + p, x0 : x0 + p]
+        else:
+            k, present = self.step_ratios[s], frames != MISSING
+            cut = self.series[s].values[frames[present], y0 : y0 + p, x0 : x0 + p]
+            raw = np.full((n + int(self.num_leads or 0), p, p), np.nan, dtype=np.float32)
+            rows = np.concatenate([np.arange(n), n - 1 + k * np.arange(1, frames.size - n + 1)])
+            raw[rows[present]] = cut
         valid_in = np.isfinite(raw[:n]).all(axis=0)
         mask = np.isfinite(raw[n:]) & valid_in[None]
         return raw, mask
@@ -73,7 +92,9 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         if window not in self._motion:
             s, frames = self.windows[window]
             past = self.series[s].values[frames[: self.num_input_frames]]
-            self._motion[window] = lucas_kanade(past, f"motion of {self.series[s].name}").astype(np.float32)
+            motion = lucas_kanade(past, f"motion of {self.series[s].name}")
+            k = 1 if self.step_ratios is None else self.step_ratios[s]
+            self._motion[window] = (motion / k).astype(np.float32)  # pixels per lead
         return self._motion[window]
 
     def locate(self, key: SampleKey) -> tuple[int, int, int, int, bool, bool]:
@@ -111,11 +132,14 @@ class ArchiveSequenceDataset(Dataset[Sample]):
         if fx:
             arrays = [a[..., ::-1] for a in arrays]
         inputs, target, m = (np.ascontiguousarray(a) for a in arrays)
+        s, frames = self.windows[window]
+        if self.step_ratios is not None:
+            step = self.step_ratios[s] * self.time_step_minutes
+            inputs = np.concatenate([inputs, step_channel(step, inputs.shape[-2:])])
         if self.motion:
             p = self.patch_size
             cut = self.window_motion(window)[:, y0 : y0 + p, x0 : x0 + p]
             inputs = np.concatenate([inputs, augment_motion(cut, k, fy, fx) / MOTION_INPUT_SCALE])
-        s, frames = self.windows[window]
         t = self.series[s].times[frames[self.num_input_frames - 1]]
         return {
             "inputs": torch.from_numpy(inputs.astype(np.float32)),

@@ -5,6 +5,8 @@ Per source: the latest block is test (from ``test_from``, the evaluate config's 
 rest training, with ``guard_minutes`` dropped before each boundary. Frames inside an ``exclude``
 window are never train nor validation. Windows are N + M frames exactly one common step apart,
 all of one split: a 5-min series at a 15-min step gives windows of every third frame, at each phase.
+At native steps (:func:`lead_windows`) a window is N past frames one native step apart and the future
+frames at that step up to the network's last lead; those outside the split are missing (-1), not cut.
 """
 
 from __future__ import annotations
@@ -81,6 +83,30 @@ def sequence_windows(times: np.ndarray, labels: np.ndarray, split: str, length: 
         if all(c is not None for c in chain):
             out.append(chain)
     return np.asarray(out, dtype=np.int64).reshape(-1, length)
+
+
+#: Marks a future frame of a :func:`lead_windows` row that lies outside the split (its leads are masked).
+MISSING = -1
+
+
+def lead_windows(times: np.ndarray, labels: np.ndarray, split: str, num_past: int, num_future: int,
+                 step_minutes: float, min_future: int) -> np.ndarray:
+    """int64 ``[n, num_past + num_future]``: N past frames one step apart, then the future ones (:data:`MISSING`
+    where a frame is absent or in another split); kept when at least ``min_future`` of the first future frames
+    are present, so short blocks still teach the early leads and long ones every lead."""
+    if not 1 <= min_future <= num_future:
+        raise ValueError(f"min_future must be in 1..{num_future}, got {min_future}")
+    t = np.asarray(times).astype("datetime64[ns]").astype(np.int64)
+    step = int(_minutes(step_minutes).astype(np.int64))
+    where = {int(v): i for i, v in enumerate(t) if labels[i] == split}
+    out = []
+    for i, v in enumerate(t):
+        if labels[i] != split:
+            continue
+        chain = [where.get(int(v) + k * step) for k in range(num_past + num_future)]
+        if all(c is not None for c in chain[: num_past + min_future]):
+            out.append([MISSING if c is None else c for c in chain])
+    return np.asarray(out, dtype=np.int64).reshape(-1, num_past + num_future)
 
 
 @dataclass(frozen=True)

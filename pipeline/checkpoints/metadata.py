@@ -59,6 +59,9 @@ class NetworkMetadata:
     divisibility: int = 1  # input height and width must be a multiple of this
     #: Gaussian sigma (pixels) per step past an advection head's trained leads, applied at inference; None: none
     long_lead_smoothing: float | None = None
+    #: Trained at native steps: the input holds the frames' time step as a channel after the frames, the
+    #: motion is per lead (``time_step_minutes``), and a series at k leads per step gets leads k, 2k, ...
+    step_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types, for the checkpoint and for ``build_network``'s callers that log it."""
@@ -72,6 +75,7 @@ class NetworkMetadata:
             "max_speed": self.max_speed,
             "divisibility": self.divisibility,
             "long_lead_smoothing": self.long_lead_smoothing,
+            "step_input": self.step_input,
         }
 
 
@@ -197,6 +201,7 @@ class CheckpointMetadata:
                 max_speed=net.number("max_speed"),
                 divisibility=net.positive("divisibility", 1),
                 long_lead_smoothing=net.number("long_lead_smoothing"),
+                step_input=net.flag("step_input"),
             ),
             input_variables=f.texts("input_variables"),
             channel_names=f.texts("channel_names"),
@@ -278,6 +283,15 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise self._bad(key, f"must be a positive number, got {value!r}")
         return float(value)
+
+    def flag(self, key: str) -> bool:
+        """A boolean; absent (checkpoints written before the field existed) is False."""
+        value = self._get(key, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self._bad(key, f"must be true or false, got {value!r}")
+        return value
 
     def choice(self, key: str, known: Sequence[str], default: str) -> str:
         value = self.text(key, default)
@@ -361,6 +375,7 @@ def checkpoint_metadata(task: Any, dm: Any) -> CheckpointMetadata:
             variables_per_frame=int(hp.get("variables_per_frame") or 1),
             max_speed=getattr(task, "max_speed", None),
             long_lead_smoothing=getattr(task, "long_lead_smoothing", None),
+            step_input=bool(getattr(task, "step_input", False)),
             divisibility=int(get_model_spec(task.model_name, **task.model_settings).divisibility),
         ),
         input_variables=tuple(getattr(dm, "input_variables", None) or ()),

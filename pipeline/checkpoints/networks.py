@@ -74,6 +74,7 @@ class AdvectionNowcast(nn.Module):
         self, net: nn.Module, variables_per_frame: int, lead_times: int, max_speed: float = 6.0,
         corrections: bool = True,
         flow_smoothing: int = 8,
+        step_channels: int = 0,
     ) -> None:
         super().__init__()
         if variables_per_frame < 1 or lead_times < 1:
@@ -87,6 +88,8 @@ class AdvectionNowcast(nn.Module):
         self.max_speed = max_speed
         self.corrections = corrections
         self.flow_smoothing = flow_smoothing
+        #: 1 when the input holds the frames' time step (native-step training) after the frames, else 0
+        self.step_channels = step_channels
 
     def motion(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Motion (pixels per step, [B, 2, H, W]: u eastward along x, v along rows) and corrections."""
@@ -107,8 +110,8 @@ class AdvectionNowcast(nn.Module):
         return self.extrapolate(x, self.lead_times)
 
     def frames(self, x: Tensor) -> Tensor:
-        """The past frames of the input (all of it here)."""
-        return x
+        """The past frames of the input (all of it here, but the step channel of a native-step network)."""
+        return x[:, : x.shape[1] - self.step_channels]
 
     def extrapolate(self, x: Tensor, n_leads: int) -> Tensor:
         """Leads 1..n_leads: the trained leads, then the same advection continued for longer nowcasts.
@@ -174,7 +177,7 @@ class LucasKanadeAdvection(AdvectionNowcast):
     motion_channels = 2
 
     def frames(self, x: Tensor) -> Tensor:
-        return x[:, : -self.motion_channels]
+        return x[:, : x.shape[1] - self.motion_channels - self.step_channels]
 
     def motion(self, x: Tensor) -> tuple[Tensor, Tensor]:
         residual, corrections = super().motion(x)
@@ -189,16 +192,21 @@ def build_network(meta: NetworkMetadata) -> nn.Module:
     if head not in NOWCAST_HEADS:
         raise ValueError(f"nowcast_head '{head}' is unknown; known: {list(NOWCAST_HEADS)}")
     variables = meta.variables_per_frame
+    steps = 1 if meta.step_input else 0
+    if steps and head not in (*MOTION_INPUT_HEADS, "advection", "lagrangian"):
+        raise ValueError(f"nowcast_head '{head}' cannot take the time step as input (native-step training); "
+                         "use an advection head")
     if head in MOTION_INPUT_HEADS:
-        backbone = build_model(meta.model_name, in_ch + LucasKanadeAdvection.motion_channels,
+        backbone = build_model(meta.model_name, in_ch + steps + LucasKanadeAdvection.motion_channels,
                                out_ch + AdvectionNowcast.extra_channels, **settings)
-        return LucasKanadeAdvection(backbone, variables, out_ch // variables, max_speed=meta.max_speed or 2.0)
+        return LucasKanadeAdvection(backbone, variables, out_ch // variables, max_speed=meta.max_speed or 2.0,
+                                    step_channels=steps)
     if head in ("advection", "lagrangian"):
-        backbone = build_model(meta.model_name, in_ch, out_ch + AdvectionNowcast.extra_channels, **settings)
+        backbone = build_model(meta.model_name, in_ch + steps, out_ch + AdvectionNowcast.extra_channels, **settings)
         # checkpoints written before max_speed was configurable were trained with the old bound, 6 px/step
         max_speed = meta.max_speed or 6.0
         return AdvectionNowcast(backbone, variables, out_ch // variables, max_speed=max_speed,
-                                corrections=head == "advection")
+                                corrections=head == "advection", step_channels=steps)
     net = build_model(meta.model_name, in_ch, out_ch, **settings)
     if head == "residual":
         return LastFrameResidual(net, variables, out_ch // variables)

@@ -21,7 +21,7 @@ import torch
 
 from meteovision.core.task_kinds import TaskKind
 from meteovision.datasets.errors import MeteovisionError
-from meteovision.datasets.motion import MOTION_INPUT_SCALE, MotionDependencyError, lucas_kanade
+from meteovision.datasets.motion import MOTION_INPUT_SCALE, MotionDependencyError, lucas_kanade, step_channel
 from meteovision.pipeline.checkpoints.loading import CheckpointMismatchError, InferenceModel
 from meteovision.pipeline.checkpoints.metadata import MOTION_INPUT_HEADS
 from meteovision.pipeline.checkpoints.networks import AdvectionNowcast
@@ -273,18 +273,28 @@ def motion_input(model: InferenceModel, physical: np.ndarray, motion: np.ndarray
 
 def infer_field(
     model: InferenceModel, physical: np.ndarray, tiling: TilingSettings, nodata: np.ndarray | None = None,
-    motion: np.ndarray | None = None, n_leads: int | None = None,
+    motion: np.ndarray | None = None, n_leads: int | None = None, leads_per_step: int = 1,
 ) -> np.ndarray:
     """Model output ``[K, H, W]`` (probabilities or physical units) for a physical input ``[C, H, W]``.
 
     ``nodata`` (``[H, W]`` bool) marks pixels set to NaN in every output channel. A head that takes
-    the Lucas-Kanade motion of its frames as input gets ``motion`` (``[2, H, W]`` pixels per step),
-    computed here when not given. ``n_leads``: leads of an advection head (default: the trained ones).
+    the Lucas-Kanade motion of its frames as input gets ``motion`` (``[2, H, W]`` pixels per step of the
+    frames), computed here when not given. ``n_leads``: leads of an advection head (default: the trained
+    ones). ``leads_per_step``: the frames are this many of the network's lead steps apart, which only a
+    network trained at native steps (``step_input``) takes; its leads stay at its own step.
     """
     stats = model.input_stats()
     normalised = stats.normalize(physical, channel_axis=0) if stats is not None else physical
-    if model.meta.network.nowcast_head in MOTION_INPUT_HEADS:
-        normalised = np.concatenate([normalised, motion_input(model, physical, motion)], axis=0)
+    network = model.meta.network
+    if leads_per_step != 1 and not network.step_input:
+        raise PredictError(f"{model.path.name}: frames {leads_per_step} of its steps apart need a network trained at "
+                           "native steps (step_input); this one takes frames at its own step only")
+    if network.step_input:
+        step = leads_per_step * float(model.meta.time_step_minutes or 0.0)
+        normalised = np.concatenate([normalised, step_channel(step, physical.shape[-2:])], axis=0)
+    if network.nowcast_head in MOTION_INPUT_HEADS:
+        per_lead = motion_input(model, physical, motion) / np.float32(leads_per_step)
+        normalised = np.concatenate([normalised, per_lead], axis=0)
     if isinstance(model.net, AdvectionNowcast):
         raw = _advected(model.net, normalised, tiling, n_leads)
     elif n_leads is not None:

@@ -127,6 +127,7 @@ class MeteoTask(L.LightningModule):
     nowcast_head: str = "direct"
     max_speed: float | None = None
     long_lead_smoothing: float | None = None
+    step_input: bool = False
 
     def network_description(self, in_channels: int, out_channels: int) -> NetworkMetadata:
         """What ``build_network`` needs; also recorded in the checkpoint for inference."""
@@ -135,7 +136,7 @@ class MeteoTask(L.LightningModule):
         return NetworkMetadata(model_name=self.model_name, in_channels=in_channels, out_channels=out_channels,
                                model_settings=self.model_settings, nowcast_head=self.nowcast_head,
                                variables_per_frame=int(variables), max_speed=self.max_speed,
-                               long_lead_smoothing=self.long_lead_smoothing)
+                               long_lead_smoothing=self.long_lead_smoothing, step_input=self.step_input)
 
     def _build_net(self, in_channels: int, out_channels: int) -> None:
         description = self.network_description(in_channels, out_channels)
@@ -175,6 +176,11 @@ class MeteoTask(L.LightningModule):
                 f"model.init_args.nowcast_head '{self.nowcast_head}' {'takes' if wants else 'does not take'} the "
                 f"Lucas-Kanade motion as input, but data.init_args.motion_input is {gives}: set it to "
                 f"{wants} (the archive DataModule computes it)")
+        gives_step = bool(getattr(dm, "native_steps", False))
+        if self.step_input != gives_step:
+            raise ConfigError(
+                f"model.init_args.step_input is {self.step_input} but data.init_args.native_steps is {gives_step}: "
+                "a network trained at native steps takes the step as input, so set both alike")
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.target_names)
@@ -399,6 +405,7 @@ class NowcastTask(MeteoTask):
         variables_per_frame: int | None = None,
         max_speed: float = 12.0,
         long_lead_smoothing: float = 0.0,
+        step_input: bool = False,
         **kwargs: Any,
     ) -> None:
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
@@ -411,12 +418,15 @@ class NowcastTask(MeteoTask):
         ``long_lead_smoothing`` (pixels per step, 0 = none): an advection head's leads past the trained ones are
         smoothed at inference by a Gaussian of this sigma times the steps past the last trained lead, as S-PROG
         drops the scales it cannot predict (nothing is learned for those leads; training is unchanged).
+        ``step_input``: the network takes its frames' time step as an input channel, so one network trains on
+        series of several steps (``data.init_args.native_steps: true``, which it must match).
         The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         if not max_speed > 0:
             raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
         if not long_lead_smoothing >= 0:
             raise ValueError(f"long_lead_smoothing must be >= 0 pixels per step, got {long_lead_smoothing}")
         self.long_lead_smoothing = float(long_lead_smoothing) or None
+        self.step_input = bool(step_input)
         self.fss_scales = list(fss_scales) if fss_scales else [1, 4, 16]
         self.time_step_minutes = time_step_minutes
         self.nowcast_head = nowcast_head

@@ -378,13 +378,28 @@ class NetworkNowcast:
             head = model.meta.network.nowcast_head
             raise NowcastError(f"{model.path.name} was trained for {m} leads and its '{head}' head cannot "
                                f"extrapolate to {n_leads}; only an advection/lagrangian head can")
+        k = self.leads_per_step(past)
         out = infer_field(model, window, self.tiling, nodata=np.isnan(window[-1]), motion=past.motion,
-                          n_leads=n_leads if advects else None)
-        return np.ascontiguousarray(out[:n_leads], dtype=np.float32)
+                          n_leads=n_leads * k if advects else None, leads_per_step=k)
+        return np.ascontiguousarray(out[k - 1 :: k][:n_leads], dtype=np.float32)
+
+    def leads_per_step(self, past: NowcastInput) -> int:
+        """k when a network trained at native steps gets frames k of its lead steps apart, else 1."""
+        meta = self.model.meta
+        if not (meta.network.step_input and meta.time_step_minutes):
+            return 1
+        ratio = past.time_step_minutes / float(meta.time_step_minutes)
+        k = round(ratio)
+        if k < 1 or not math.isclose(ratio, k, rel_tol=1e-6):
+            raise NowcastError(f"{self.model.path.name} makes leads every {meta.time_step_minutes:g} min; frames "
+                               f"every {past.time_step_minutes:g} min are not a whole number of them")
+        return k
 
     def _warn_spacing(self, past: NowcastInput) -> None:
         meta = self.model.meta
         step, spacing = meta.time_step_minutes, meta.grid_spacing_m
+        if meta.network.step_input:  # takes any whole number of its steps (leads_per_step)
+            step = None
         key = (past.time_step_minutes, past.pixel_size_m)
         if key in self._warned:
             return
