@@ -176,11 +176,9 @@ class MeteoTask(L.LightningModule):
                 f"model.init_args.nowcast_head '{self.nowcast_head}' {'takes' if wants else 'does not take'} the "
                 f"Lucas-Kanade motion as input, but data.init_args.motion_input is {gives}: set it to "
                 f"{wants} (the archive DataModule computes it)")
-        gives_step = bool(getattr(dm, "native_steps", False))
-        if self.step_input != gives_step:
-            raise ConfigError(
-                f"model.init_args.step_input is {self.step_input} but data.init_args.native_steps is {gives_step}: "
-                "a network trained at native steps takes the step as input, so set both alike")
+        if self.step_input != (steps := bool(getattr(dm, "native_steps", False))):
+            raise ConfigError(f"model.init_args.step_input is {self.step_input} but data.init_args.native_steps is "
+                              f"{steps}: a network trained at native steps takes the step as input; set both alike")
 
     def output_channels_from(self, dm: Any) -> int:
         return len(dm.target_names)
@@ -411,15 +409,13 @@ class NowcastTask(MeteoTask):
         """``nowcast_head``: ``lagrangian`` (learned smooth motion, semi-Lagrangian extrapolation), ``advection``
         (the same plus a learned correction per lead), ``lk_advection`` (pysteps' Lucas-Kanade motion as input,
         refined by a smooth residual bounded by ``max_speed``, plus a correction per lead; needs
-        ``data.init_args.motion_input: true``),
-        ``residual`` (correction of persistence) or ``direct`` (frames drawn anew); see pipeline.networks.
+        ``data.init_args.motion_input: true``), ``residual`` (correction of persistence) or ``direct``.
         ``max_speed`` bounds the learned motion of the advection heads, in pixels per time step: it must exceed
         the fastest system the network will see (60 km h-1 is 5 px per 5 min at 1 km, 7.5 per 15 min at 2 km).
         ``long_lead_smoothing`` (pixels per step, 0 = none): an advection head's leads past the trained ones are
         smoothed at inference by a Gaussian of this sigma times the steps past the last trained lead, as S-PROG
         drops the scales it cannot predict (nothing is learned for those leads; training is unchanged).
-        ``step_input``: the network takes its frames' time step as an input channel, so one network trains on
-        series of several steps (``data.init_args.native_steps: true``, which it must match).
+        ``step_input``: the frames' step is an input channel (``data.init_args.native_steps: true``, matched).
         The other settings are :class:`MeteoTask`'s (jsonargparse reads them through ``**kwargs``)."""
         if not max_speed > 0:
             raise ValueError(f"max_speed must be > 0 pixels per time step, got {max_speed}")
